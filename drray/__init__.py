@@ -1,0 +1,38 @@
+"""drray: diabetic-retinopathy grading (ICDR 0-4) with Grad-CAM explanations at archive scale, on Ray.
+
+`import drray` is light; the public API below is imported on first use:
+
+    model = drray.load_model("runs/demo/model")
+    fresh = drray.create_model("resnet50", head="classification")
+    with drray.CamEngine(model, method="gradcam") as engine:
+        out = engine(batch)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "load_model": "drray.models",
+    "create_model": "drray.models",
+    "save_model": "drray.models",
+    "CamEngine": "drray.cam",
+    "CAM_METHODS": "drray.cam",
+    "Config": "drray.config",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'drray' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

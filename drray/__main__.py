@@ -1,0 +1,7 @@
+"""`python -m drray` is the `drray` command."""
+
+import sys
+
+from drray.cli import main
+
+sys.exit(main())

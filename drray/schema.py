@@ -1,0 +1,119 @@
+"""Column names, Arrow schemas of every drray table, and the ICDR grade constants.
+
+Every module that reads or writes a table takes its names from here, so a column cannot be
+spelled two ways. Tables may gain columns; the names below are a public contract.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# ICDR (International Clinical Diabetic Retinopathy) severity scale.
+NUM_GRADES = 5
+GRADES = (0, 1, 2, 3, 4)
+GRADE_NAMES = ("no DR", "mild NPDR", "moderate NPDR", "severe NPDR", "proliferative DR")
+REFERABLE_MIN_GRADE = 2  # referable DR: moderate NPDR or worse
+
+SPLITS = ("train", "val", "test")
+EYES = ("left", "right")
+
+# Lesion masks: microaneurysms, haemorrhages, hard exudates, soft exudates (cotton-wool
+# spots), neovascularisation. The optic disc is anatomy, kept apart as a shortcut detector.
+LESION_TYPES = ("ma", "he", "ex", "se", "nv")
+OPTIC_DISC = "od"
+MASK_TYPES = LESION_TYPES + (OPTIC_DISC,)
+MASK_COLUMNS = tuple(f"mask_{t}" for t in MASK_TYPES)
+
+SOURCES = ("aptos2019", "eyepacs2015", "messidor2", "idrid", "ddr", "csv", "folder", "synth")
+
+# Stable reason codes of the errors table: users group and count by them, so never rename.
+class Reason:
+    MISSING_FILE = "missing_file"
+    EMPTY_FILE = "empty_file"
+    TRUNCATED_IMAGE = "truncated_image"
+    CORRUPT_IMAGE = "corrupt_image"
+    NOT_AN_IMAGE = "not_an_image"
+    IMAGE_TOO_LARGE = "image_too_large"
+    LABEL_MISSING = "label_missing"
+    LABEL_NOT_INTEGER = "label_not_integer"
+    LABEL_OUT_OF_RANGE = "label_out_of_range"
+    DUPLICATE_ID = "duplicate_id"
+    PATH_OUTSIDE_ROOT = "path_outside_root"
+    MASK_MISSING = "mask_missing"
+    MASK_UNREADABLE = "mask_unreadable"
+    NO_FUNDUS = "no_fundus"
+    EXPLAIN_FAILED = "explain_failed"
+
+
+STAGES = ("ingest", "read", "decode", "preprocess", "explain")
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("label", pa.int8()),
+        pa.field("patient_id", pa.string()),
+        pa.field("eye", pa.string()),
+        pa.field("split", pa.string()),
+        *[pa.field(c, pa.string()) for c in MASK_COLUMNS],
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+    ]
+)
+
+ERRORS_SCHEMA = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string()),
+    ]
+)
+
+EXPLANATIONS_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("dataset", pa.string()),
+        pa.field("split", pa.string()),
+        pa.field("label", pa.int8()),
+        pa.field("model_id", pa.string()),
+        pa.field("pred", pa.int8()),
+        pa.field("probs", pa.list_(pa.float32())),
+        pa.field("referable_prob", pa.float32()),
+        pa.field("cam_method", pa.string()),
+        pa.field("target_class", pa.int8()),
+        pa.field("cam", pa.binary()),  # float16, row-major, cam_h x cam_w
+        pa.field("cam_h", pa.int16()),
+        pa.field("cam_w", pa.int16()),
+        pa.field("peak_y", pa.float32()),
+        pa.field("peak_x", pa.float32()),
+        pa.field("cam_entropy", pa.float32()),
+        pa.field("pointing_hit", pa.bool_()),
+        pa.field("energy_in_lesions", pa.float32()),
+        *[pa.field(f"energy_{t}", pa.float32()) for t in LESION_TYPES],
+        pa.field("od_energy", pa.float32()),
+        pa.field("overlay_png", pa.binary()),
+    ]
+)
+
+TRIALS_SCHEMA = pa.schema(
+    [
+        pa.field("trial_id", pa.string(), nullable=False),
+        pa.field("backbone", pa.string()),
+        pa.field("head", pa.string()),
+        pa.field("lr", pa.float64()),
+        pa.field("image_size", pa.int32()),
+        pa.field("batch_size", pa.int32()),
+        pa.field("best_val_qwk", pa.float64()),
+        pa.field("epochs_run", pa.int32()),
+        pa.field("status", pa.string()),
+        pa.field("checkpoint_path", pa.string()),
+        pa.field("config_json", pa.string()),
+    ]
+)
+
+
+def empty_table(schema: pa.Schema) -> pa.Table:
+    """A zero-row table with `schema`, so readers never special-case a missing file."""
+    return schema.empty_table()
