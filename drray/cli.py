@@ -73,6 +73,55 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------- train / tune
+def _manifest_and_out(args: argparse.Namespace, cfg: Config) -> tuple[str, Path]:
+    manifest = args.manifest or cfg.data.manifest
+    if not Path(manifest).is_file() and "://" not in manifest:
+        raise UsageError(f"manifest {manifest!r} does not exist; write one with `drray ingest` or `drray synth`")
+    # A run directory holds its manifest, trials, model and explanations side by side.
+    out = Path(args.out) if args.out else Path(manifest).parent
+    return manifest, out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from drray.train import train
+
+    cfg = _load_config(args)
+    manifest, out = _manifest_and_out(args, cfg)
+    result = train(cfg, out, manifest)
+    print(result.summary())
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from drray.tune import tune
+
+    cfg = _load_config(args)
+    manifest, out = _manifest_and_out(args, cfg)
+    result = tune(cfg, out, manifest)
+    print(result.summary())
+    return 0
+
+
+# -------------------------------------------------------------------------------------- explain
+def cmd_explain(args: argparse.Namespace) -> int:
+    from drray.explain import explain
+
+    cfg = _load_config(args)
+    manifest, out = _manifest_and_out(args, cfg)
+    model_dir = Path(args.model) if args.model else out / "model"
+    if not (model_dir / "model.json").is_file():
+        raise UsageError(f"{str(model_dir)!r} is not a model dir (no model.json); train one with `drray tune`")
+    methods = None
+    if args.methods is not None:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    split = args.split.split(",") if args.split else None
+    result = explain(manifest, model_dir, out, methods=methods, cam=cfg.cam, split=split,
+                     max_pixels=cfg.data.max_image_pixels)
+    print(result.summary())
+    return 0
+
+
 # ----------------------------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
     from drray.demo import run_demo
@@ -113,6 +162,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patient-column", dest="patient_column", default=None, help="csv source: patient id column")
     _add_common(p)
     p.set_defaults(func=cmd_ingest)
+
+    for name, func, help_ in (
+        ("train", cmd_train, "train one backbone with Ray Train; writes OUT/model"),
+        ("tune", cmd_tune, "search backbones and hyper-parameters with Ray Tune; writes OUT/trials.parquet, OUT/model"),
+    ):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--manifest", default=None, help="manifest.parquet (default data.manifest)")
+        p.add_argument("--out", default=None, help="run directory (default: the manifest's folder)")
+        _add_common(p)
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("explain", help="predict + CAM + localisation scores over a manifest, into Parquet")
+    p.add_argument("--manifest", default=None, help="manifest.parquet (default data.manifest)")
+    p.add_argument("--model", default=None, help="model dir (default OUT/model)")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated CAM methods, e.g. gradcam,gradcam++ (default cam.methods); '' predicts only")
+    p.add_argument("--split", default=None, help="comma-separated splits to explain (default: all rows)")
+    p.add_argument("--out", default=None, help="run directory (default: the manifest's folder)")
+    _add_common(p)
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser(
         "demo", help="the main job on the built-in synthetic set (recipe: configs/synth_demo.yaml)"
