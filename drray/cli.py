@@ -122,6 +122,27 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------- query
+def cmd_query(args: argparse.Namespace) -> int:
+    import duckdb
+    import pandas as pd
+
+    from drray.query import query
+
+    try:
+        df = query(args.sql, args.run)
+    except duckdb.Error as e:
+        raise UsageError(str(e)) from None
+    if args.output:
+        out = Path(args.output)
+        df.to_parquet(out) if out.suffix == ".parquet" else df.to_csv(out, index=False)
+        print(f"wrote {len(df)} rows to {out}")
+    else:
+        with pd.option_context("display.max_rows", args.max_rows, "display.width", 200,
+                               "display.max_columns", 30, "display.max_colwidth", 40):
+            print(df.to_string(index=False, max_rows=args.max_rows))
+    return 0
+
 # ----------------------------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
     from drray.demo import run_demo
@@ -130,7 +151,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.config is None:
         args.config = recipe_path("synth_demo")
     cfg = _load_config(args)
-    run_demo(cfg, Path(args.out), serve=not args.no_serve)
+    run_demo(cfg, Path(args.out))
     return 0
 
 
@@ -183,11 +204,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_explain)
 
+    p = sub.add_parser("query", help="SQL (DuckDB) over a run directory's tables")
+    p.add_argument("sql", help="e.g. \"select reason, count(*) from errors group by all\"")
+    p.add_argument("--run", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--output", default=None, help="write the result to a .csv or .parquet file instead")
+    p.add_argument("--max-rows", dest="max_rows", type=int, default=50, help="rows printed (default 50)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.set_defaults(func=cmd_query, config=None, overrides=[])
+
     p = sub.add_parser(
         "demo", help="the main job on the built-in synthetic set (recipe: configs/synth_demo.yaml)"
     )
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
-    p.add_argument("--no-serve", action="store_true", help="stop after the batch steps")
     _add_common(p)
     p.set_defaults(func=cmd_demo)
     return parser

@@ -60,3 +60,21 @@ def test_explain_without_model_is_a_clear_error(tmp_path: Path):
 def test_missing_manifest_is_a_clear_error(tmp_path: Path):
     r = drray("tune", "--manifest", str(tmp_path / "nope.parquet"))
     assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_query_reads_the_run_tables(tmp_path: Path):
+    assert drray("synth", "--n", "4", "--size", "64", "--out", str(tmp_path)).returncode == 0
+    r = drray("query", "select count(*) as n from manifest", "--run", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["n", "4"]
+    out = tmp_path / "labels.csv.out.csv"
+    r = drray("query", "select image_id, label from manifest order by 1", "--run", str(tmp_path),
+              "--output", str(out))
+    assert r.returncode == 0 and len(out.read_text().splitlines()) == 5
+
+
+def test_query_names_the_tables_a_run_has(tmp_path: Path):
+    assert drray("synth", "--n", "2", "--size", "64", "--out", str(tmp_path)).returncode == 0
+    r = drray("query", "select * from trials", "--run", str(tmp_path))
+    assert r.returncode == 2
+    assert "tables in" in r.stderr and "manifest" in r.stderr
