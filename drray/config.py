@@ -58,8 +58,8 @@ class PreprocessConfig:
     """Crop to the fundus circle (pad to a square) before resizing."""
     ben_graham: bool = False
     """Subtract the local average colour (Ben Graham, Kaggle DR 2015) and blank the rim."""
-    ben_graham_sigma_frac: float = 1.0 / 30.0
-    """Gaussian sigma as a share of the image side."""
+    ben_graham_sigma_frac: float = 1.0 / 60.0
+    """Gaussian sigma as a share of the image side (Ben Graham's radius/30 on a crop to the circle)."""
 
     def __post_init__(self) -> None:
         _check(16 <= self.image_size <= 2048, f"image_size must be in 16..2048, got {self.image_size}")
@@ -131,6 +131,15 @@ class TrainConfig:
     seed: int = 0
     storage_path: str = "runs/ray_results"
     limit_train_batches: int | None = None
+    warmup_epochs: float = 1.0
+    """Linear learning-rate warm-up before the cosine decay."""
+    label_smoothing: float = 0.0
+    """Classification head only."""
+    materialize: bool = True
+    """Decode + preprocess the splits once per run and keep them in the object store (small sets);
+    false streams and decodes every epoch (sets larger than the object store)."""
+    max_failures: int = 1
+    """Ray Train FailureConfig: restarts of a run from its latest checkpoint after a worker failure."""
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
@@ -162,6 +171,14 @@ class TuneConfig:
     mode: str = "max"
     name: str = "drray_tune"
     resume: bool = False
+    batch_sizes: list[int] = field(default_factory=list)
+    """Batch sizes to search; empty uses train.batch_size."""
+    grace_period: int = 1
+    """ASHA: epochs every trial runs before it may be stopped."""
+    reduction_factor: float = 2.0
+    """ASHA: share of trials (1/reduction_factor) promoted at each rung."""
+    verbose: int = 1
+    """Tune's progress reporter: 0 silent, 1 status updates, 2 every result."""
 
     def __post_init__(self) -> None:
         _check(len(self.backbones) > 0, "tune.backbones is empty")
@@ -187,6 +204,25 @@ class CamConfig:
     faithfulness: bool = False
     pointing_tolerance: float = 0.02
     """Pointing-game tolerance as a share of the image side."""
+    decode_cpus: float = 0.5
+    """CPUs per decode task of `drray explain`: below 1 so decode tasks fit beside the actors on small machines."""
+    actor_resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each explain actor needs, e.g. {"explainer": 1} to run them on nodes started
+    with `ray start --resources='{"explainer": 1}'` only."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.methods, str):
+            self.methods = [m.strip() for m in self.methods.split(",") if m.strip()]
+        self.methods = list(self.methods)
+        _check(self.cam_size >= 1, f"cam.cam_size must be >= 1, got {self.cam_size}")
+        _check(self.batch_size >= 1, f"cam.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.num_actors >= 1, f"cam.num_actors must be >= 1, got {self.num_actors}")
+        _check(self.cpus_per_actor >= 0 and self.gpus_per_actor >= 0,
+               "cam.cpus_per_actor and cam.gpus_per_actor must be >= 0")
+        _check(self.decode_cpus > 0, f"cam.decode_cpus must be > 0, got {self.decode_cpus}")
+        _check(self.overlay_size >= 8, f"cam.overlay_size must be >= 8 pixels, got {self.overlay_size}")
+        _check(0 <= self.pointing_tolerance < 1,
+               f"cam.pointing_tolerance is a share of the image side in [0, 1), got {self.pointing_tolerance}")
 
 
 @dataclass
