@@ -119,6 +119,10 @@ def decode_batch(
     base_dir: str | None = None,
 ) -> dict[str, np.ndarray]:
     """`map_batches` function: manifest columns -> decoded columns (numpy batch format)."""
+    import cv2
+
+    # Parallelism comes from many decode tasks; OpenCV's own thread pool would oversubscribe the cores.
+    cv2.setNumThreads(1)
     n = len(batch["image_id"])
     images, masks, errors, details = [], [], [], []
     geometry: dict[str, list] = {k: [] for k in GEOMETRY_COLUMNS}
