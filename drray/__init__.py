@@ -23,6 +23,7 @@ _LAZY = {
     "CamEngine": "drray.cam",
     "CAM_METHODS": "drray.cam",
     "Config": "drray.config",
+    "explain": "drray.explain",
 }
 
 __all__ = sorted(_LAZY)

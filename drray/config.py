@@ -206,6 +206,9 @@ class CamConfig:
     """Pointing-game tolerance as a share of the image side."""
     decode_cpus: float = 0.5
     """CPUs per decode task of `drray explain`: below 1 so decode tasks fit beside the actors on small machines."""
+    torch_threads: int | None = None
+    """Torch intra-op threads per explain actor; None keeps Ray's setting (the actor's whole CPUs). More
+    threads than CPUs lets the model use cores that decode tasks leave idle."""
     actor_resources: dict[str, float] = field(default_factory=dict)
     """Custom Ray resources each explain actor needs, e.g. {"explainer": 1} to run them on nodes started
     with `ray start --resources='{"explainer": 1}'` only."""
@@ -220,6 +223,8 @@ class CamConfig:
         _check(self.cpus_per_actor >= 0 and self.gpus_per_actor >= 0,
                "cam.cpus_per_actor and cam.gpus_per_actor must be >= 0")
         _check(self.decode_cpus > 0, f"cam.decode_cpus must be > 0, got {self.decode_cpus}")
+        _check(self.torch_threads is None or self.torch_threads >= 1,
+               f"cam.torch_threads must be >= 1 or null, got {self.torch_threads}")
         _check(self.overlay_size >= 8, f"cam.overlay_size must be >= 8 pixels, got {self.overlay_size}")
         _check(0 <= self.pointing_tolerance < 1,
                f"cam.pointing_tolerance is a share of the image side in [0, 1), got {self.pointing_tolerance}")

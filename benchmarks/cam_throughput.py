@@ -1,0 +1,117 @@
+"""CAM throughput: forward-only vs drray's fast CAM path vs pytorch-grad-cam, same model, batch and size.
+
+For each model, three measurements run interleaved in one process (forward, fast, library,
+forward, fast, library, ...) so machine noise hits all three alike; the table gives the median
+images per second of each and its ratio to forward-only. Forward-only is the floor a CAM cannot
+beat: `model(x)` under torch.inference_mode. The fast path is `CamEngine(model, method)(x)`
+(predictions, probabilities and full-size maps on the CPU). The library is pytorch-grad-cam's
+class of the same method on the same target layer, predicted-class targets (the maps only).
+Random weights (pretrained=False): throughput does not depend on them.
+
+    python benchmarks/cam_throughput.py                       # 4 models, 384 px, batch 8, CPU
+    python benchmarks/cam_throughput.py --device cuda --dtype bf16
+    python benchmarks/cam_throughput.py --smoke-test          # tiny models, 64 px, 1 round
+
+With --dtype bf16 the forward and the fast path run under torch.autocast; pytorch-grad-cam
+cannot (it converts activations to numpy), so its column stays float32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from typing import Callable
+
+MODELS = ["resnet50", "efficientnet_b0", "convnext_tiny", "vit_small_patch16_384"]
+SMOKE_MODELS = ["test_resnet", "test_efficientnet", "test_convnext", "test_vit"]
+
+
+def build(name: str, size: int):
+    import timm
+
+    kwargs = {"img_size": size} if name.startswith(("vit", "test_vit")) else {}
+    return timm.create_model(name, pretrained=False, num_classes=5, **kwargs).eval()
+
+
+def timed(fn: Callable[[], object], sync: Callable[[], None]) -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds) of one call."""
+    sync()
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    sync()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def measure(name: str, args) -> dict[str, tuple[float, float]]:
+    """{path: (images per wall second, images per CPU second)}, medians over the rounds."""
+    import pytorch_grad_cam as pgc
+    import torch
+
+    from drray.cam import CAM_METHODS, CamEngine
+
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else None
+    model = build(name, args.size).to(device)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    engine = CamEngine(model, method=args.method, autocast_dtype=dtype)
+    library = getattr(pgc, CAM_METHODS[engine.method].pgc_class)(model, [engine.target_layer], engine.reshape_transform)
+
+    def forward():
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            return model(x)
+
+    runs = {"forward": forward, "fast": lambda: engine(x), "library": lambda: library(input_tensor=x, targets=None)}
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
+    try:
+        for _ in range(args.warmup):
+            for fn in runs.values():
+                fn()
+        for _ in range(args.rounds):
+            for key, fn in runs.items():
+                times[key].append(timed(fn, sync))
+    finally:
+        library.activations_and_grads.release()
+        engine.close()
+    return {k: (args.batch / statistics.median(w for w, _ in v), args.batch / statistics.median(c for _, c in v))
+            for k, v in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--method", default="gradcam", help="a fast method of drray.CAM_METHODS")
+    parser.add_argument("--size", type=int, default=384, help="image side in pixels")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved measurements per path (median)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads (CPU)")
+    parser.add_argument("--smoke-test", action="store_true", help="tiny timm test models, 64 px, batch 2, 1 round after 1 warm-up")
+    args = parser.parse_args()
+    if args.smoke_test:
+        args.models, args.size, args.batch, args.rounds, args.warmup = SMOKE_MODELS, 64, 2, 1, 1
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu, {args.threads} threads"
+    print(f"CAM throughput: {args.method}, {args.size}x{args.size} px, batch {args.batch}, {args.dtype}, {where}; "
+          f"median of {args.rounds} interleaved rounds")
+    header = (f"{'model':24s} {'forward img/s':>14s} {'fast img/s':>11s} {'fast/fwd':>9s} {'grad-cam img/s':>15s} "
+              f"{'grad-cam/fwd':>13s} {'fast/grad-cam':>14s} {'cpu-time fast/fwd':>18s}")
+    print(header)
+    print("-" * len(header))
+    for name in args.models:
+        r = measure(name, args)
+        (fwd, fwd_cpu), (fast, fast_cpu), (lib, _) = r["forward"], r["fast"], r["library"]
+        print(f"{name:24s} {fwd:14.2f} {fast:11.2f} {fast / fwd:8.2f}x {lib:15.2f} {lib / fwd:12.2f}x "
+              f"{fast / lib:13.2f}x {fast_cpu / fwd_cpu:17.2f}x", flush=True)
+    print("x: ratio of images per second (wall clock); cpu-time: ratio of images per CPU-second of this process, "
+          "steadier on a machine shared with other jobs")
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""CamEngine: grade probabilities and CAMs for a batch from one forward pass.
+
+    with CamEngine(model, method="gradcam") as engine:
+        out = engine(batch)            # batch: (B, 3, H, W) float, already preprocessed
+        out["probs"], out["cams"]      # (B, 5) rows sum to 1; (B, H, W) in [0, 1]
+
+The fast path (CAM_METHODS[...].fast) costs about one forward pass: the forward that yields the
+predictions also yields the target layer's activations, and gradients flow only from the target
+scores down to that layer. For the pass the parameters stop requiring gradients and a forward
+hook hands the layers above a fresh leaf copy of the activations, so autograd records nothing
+below the target layer and computes no parameter gradients; both are restored afterwards. The
+maps are computed in float32 on the model's device (also from bf16 autocast activations),
+normalised per image and upsampled in one batched interpolation.
+
+Zoo methods run through pytorch-grad-cam (drray.cam.zoo) after that same forward, which still
+supplies the predictions and the grades to explain.
+
+Hooks live only during a call and are removed in a `finally`; an engine is not thread-safe
+(it toggles the model's parameters and train/eval state for the duration of a call).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from drray.cam.fast_methods import FAST_FORMULAS, normalise_maps, upsample_maps
+from drray.cam.registry import CamMethod, get_method
+from drray.cam.targets import RowTarget, Target, parse_target, probs_and_preds, target_scores
+from drray.cam.zoo import run_zoo_method
+from drray.target_layers import module_name, resolve_target_layer
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _float_dtype(model: nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+@contextlib.contextmanager
+def frozen_eval(model: nn.Module) -> Iterator[None]:
+    """Eval mode and parameters not requiring gradients, for the duration; every flag restored after.
+
+    Runs around every batch, so only what differs is restored: the modules that were training
+    (a model may keep some parts in eval; they stay so) and the parameters that required gradients.
+    """
+    training = [m for m in model.modules() if m.training]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    try:
+        if training:
+            model.eval()
+        for p in trainable:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+        for m in training:
+            m.training = True
+
+
+class CamEngine:
+    """Predictions and CAMs for batches of preprocessed images (see the module docstring).
+
+    model: a drray model (`grade_probs`, `predict`, `head`) or any module whose outputs are
+        classification logits (softmax for probabilities, argmax for the prediction).
+    method: a name from CAM_METHODS (case, '-' and '_' ignored).
+    target_layer: a module of `model`, its dotted name, or None for the per-family layer
+        (drray.target_layers); a drray model's card may name it.
+    target: what the maps explain by default (drray.cam.targets): "pred", a grade 0-4,
+        "referable" or "score".
+    reshape_transform: turns the layer's output into (B, C, h, w); default: the family's
+        (transformer tokens, channels-last stages), None for CNNs.
+    device: where the model runs; the model is moved there. Default: where its parameters are.
+    autocast_dtype: e.g. torch.bfloat16: the forward pass runs under torch.autocast on the
+        device; maps are still computed in float32. Zoo methods always run in full precision.
+    """
+
+    def __init__(self, model: nn.Module, method: str = "gradcam",
+                 target_layer: nn.Module | str | None = None, target: Any = "pred",
+                 reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 device: str | torch.device | None = None, autocast_dtype: torch.dtype | None = None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"CamEngine needs a torch nn.Module, got {type(model).__name__}")
+        self.model = model
+        self._method = get_method(method)
+        self.device = _model_device(model) if device is None else torch.device(device)
+        if device is not None and _model_device(model) != self.device:
+            model.to(self.device)
+        if target_layer is None or isinstance(target_layer, str):
+            layer, reshape, name = resolve_target_layer(model, target_layer)
+        elif isinstance(target_layer, nn.Module):
+            name = module_name(model, target_layer)
+            layer, reshape, _ = resolve_target_layer(model, name)
+        else:
+            raise TypeError(f"target_layer must be a module, a dotted name or None, got {type(target_layer).__name__}")
+        self.target_layer: nn.Module = layer
+        self.target_layer_name: str = name
+        self.reshape_transform = reshape_transform if reshape_transform is not None else reshape
+        self.target: Target = parse_target(target)
+        self.autocast_dtype = autocast_dtype
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    @property
+    def method(self) -> str:
+        return self._method.name
+
+    def __repr__(self) -> str:
+        return (f"CamEngine(model={type(self.model).__name__}, method={self.method!r}, "
+                f"target_layer={self.target_layer_name!r}, target={self.target}, device={self.device})")
+
+    def __enter__(self) -> "CamEngine":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove any hook still on the model (a call interrupted mid-way); the engine stays usable."""
+        while self._handles:
+            self._handles.pop().remove()
+
+    def __call__(self, batch: torch.Tensor, target: Any = None, output_size: tuple[int, int] | None = None,
+                 methods: Sequence[str] | None = None) -> dict[str, Any]:
+        """Predictions and maps for a (B, 3, H, W) batch, all on the CPU.
+
+        target: overrides the engine's target for this call. output_size: (h, w) of the maps,
+        default the batch's H, W. methods: several CAM methods at once (fast ones share one
+        forward and backward pass); default the engine's method.
+
+        Returns "logits" (B, K) raw outputs, "probs" (B, 5), "preds" (B,) long, "targets" (B,)
+        long (the grade explained, -1 for score-like targets), "cams" (B, h, w) float32 in
+        [0, 1] of the first method, "cams_by_method" {method: (B, h, w)}.
+        """
+        if not isinstance(batch, torch.Tensor) or batch.ndim != 4 or batch.shape[0] == 0:
+            shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
+            raise ValueError(f"CamEngine takes a non-empty (B, C, H, W) image tensor, got {shape}")
+        if not batch.is_floating_point():
+            raise ValueError(f"CamEngine takes a preprocessed float batch, got {batch.dtype}; "
+                             "turn uint8 images into network input with model.normalize or model.preprocess")
+        chosen = [self._method] if methods is None else [get_method(m) for m in methods]
+        if not chosen:
+            raise ValueError("methods is empty; name at least one CAM method")
+        tgt = self.target if target is None else parse_target(target)
+        size = tuple(batch.shape[-2:]) if output_size is None else tuple(int(s) for s in output_size)
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(f"output_size must be (height, width) in pixels, got {output_size!r}")
+        batch = batch.to(device=self.device, dtype=_float_dtype(self.model), non_blocking=True)
+
+        fast = [m for m in chosen if m.fast]
+        with frozen_eval(self.model):
+            outputs, probs, preds, grades, acts, grads = self._forward(
+                batch, tgt, capture=bool(fast), with_grads=any(m.uses_gradients for m in fast))
+        maps: dict[str, torch.Tensor] = {}
+        for m in fast:
+            maps[m.name] = upsample_maps(normalise_maps(FAST_FORMULAS[m.name](acts, grads)), size).cpu()
+        for m in chosen:
+            if not m.fast:
+                maps[m.name] = upsample_maps(self._zoo(m, batch, tgt, grades), size)
+        return {
+            "logits": outputs.cpu(),
+            "probs": probs.cpu(),
+            "preds": preds.cpu(),
+            "targets": grades.cpu(),
+            "cams": maps[chosen[0].name],
+            "cams_by_method": maps,
+        }
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    @staticmethod
+    def _grad_mode(with_grads: bool) -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        if with_grads:
+            # Callers may wrap us in inference mode; gradients are needed above the target layer.
+            stack.enter_context(torch.inference_mode(False))
+            stack.enter_context(torch.enable_grad())
+        else:
+            stack.enter_context(torch.no_grad())
+        return stack
+
+    def _forward(self, batch: torch.Tensor, target: Target, capture: bool, with_grads: bool):
+        """One forward (and, for gradient methods, one backward down to the target layer only)."""
+        store: dict[str, torch.Tensor] = {}
+
+        def hook(_module, _inputs, output):
+            if not isinstance(output, torch.Tensor):
+                raise TypeError(f"target layer {self.target_layer_name!r} returns {type(output).__name__}, "
+                                "not a tensor; choose a layer whose output is a feature map")
+            leaf = output.detach()
+            if with_grads:
+                leaf.requires_grad_()
+            store["acts"] = leaf
+            # The layers above get a copy: an in-place op there (x += shortcut) must not touch the
+            # stored activations, nor a leaf that requires grad (autograd forbids it).
+            return leaf.clone()
+
+        handle = self.target_layer.register_forward_hook(hook) if capture else None
+        if handle is not None:
+            self._handles.append(handle)
+        try:
+            with self._grad_mode(with_grads):
+                with self._autocast():
+                    raw = self.model(batch)
+                if not isinstance(raw, torch.Tensor) or raw.ndim != 2:
+                    raise ValueError(f"the model must return (B, K) outputs, got "
+                                     f"{tuple(raw.shape) if isinstance(raw, torch.Tensor) else type(raw).__name__}")
+                outputs = raw.float()
+                probs, preds = probs_and_preds(self.model, outputs)
+                scores, grades = target_scores(self.model, outputs, probs, preds, target)
+                if capture and "acts" not in store:
+                    raise RuntimeError(f"target layer {self.target_layer_name!r} did not run in the forward pass")
+                grads = self._gradients(scores, store["acts"]) if with_grads else None
+        finally:
+            if handle is not None:
+                handle.remove()
+                self._handles.remove(handle)
+        acts = self._as_map(store["acts"]) if capture else None
+        grads = self._as_map(grads) if grads is not None else None
+        return outputs.detach(), probs.detach().float(), preds, grades, acts, grads
+
+    def _gradients(self, scores: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
+        if not scores.requires_grad:
+            raise RuntimeError(f"the target scores do not depend on layer {self.target_layer_name!r}; "
+                               "choose a layer on the path to the model's outputs")
+        # Images are independent (eval mode), so the gradient of the batch sum is each image's own.
+        (grads,) = torch.autograd.grad(scores.sum(), acts, allow_unused=True)
+        if grads is None:
+            raise RuntimeError(f"the target scores do not depend on layer {self.target_layer_name!r}")
+        return grads
+
+    def _as_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's output (or its gradient) as a float32 (B, C, h, w) map."""
+        if self.reshape_transform is not None:
+            x = self.reshape_transform(x)
+        if x.ndim != 4:
+            raise ValueError(f"target layer {self.target_layer_name!r} gives {tuple(x.shape)} activations, not "
+                             "(B, C, h, w); pass a reshape_transform (drray.target_layers has the common ones)")
+        return x.detach().float()
+
+    def _zoo(self, method: CamMethod, batch: torch.Tensor, target: Target, grades: torch.Tensor) -> torch.Tensor:
+        row_targets = [RowTarget(self.model, target, int(g)) for g in grades.tolist()]
+        # pytorch-grad-cam back-propagates, also into the input: no inference-mode tensors there.
+        with torch.inference_mode(False), frozen_eval(self.model):
+            return run_zoo_method(method, self.model, self.target_layer, self.reshape_transform,
+                                  batch.clone(), row_targets)

@@ -1,0 +1,105 @@
+"""Localisation scores of an explanation map against lesion masks: pure numpy.
+
+A map (cam) is a non-negative float array (H, W), normally in [0, 1]; masks are boolean arrays
+of the same shape. The explanation pipeline calls these at the preprocessed image's resolution
+(the map upsampled to the masks, never the masks shrunk to the map, so a one-pixel
+microaneurysm still counts), and tests call them with small hand-made arrays.
+
+A map with no mass (all zeros, which Grad-CAM gives when every gradient is negative) has no
+peak and no distribution: `peak` returns None, `entropy` and `energy_share` return NaN, and
+`pointing_hit` returns False (a map that points nowhere misses).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _check_map(cam: np.ndarray) -> np.ndarray:
+    cam = np.asarray(cam)
+    if cam.ndim != 2 or cam.size == 0:
+        raise ValueError(f"a map must be a non-empty (H, W) array, got shape {cam.shape}")
+    return cam.astype(np.float64, copy=False)
+
+
+def _check_mask(cam: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.shape != cam.shape:
+        raise ValueError(
+            f"mask shape {mask.shape} differs from map shape {cam.shape}; "
+            "resize the map to the mask (bilinear) before scoring"
+        )
+    return mask.astype(bool, copy=False)
+
+
+def mass(cam: np.ndarray) -> float:
+    """Total of the map's positive values (negative values, from rounding, count as 0)."""
+    return float(np.clip(_check_map(cam), 0.0, None).sum())
+
+
+def peak(cam: np.ndarray) -> tuple[int, int] | None:
+    """(row, column) of the map's maximum; the first in row-major order on ties; None for an empty map."""
+    c = _check_map(cam)
+    if not np.isfinite(c).all():
+        raise ValueError("map has NaN or infinite values")
+    if c.max() <= 0.0:
+        return None
+    y, x = np.unravel_index(int(np.argmax(c)), c.shape)
+    return int(y), int(x)
+
+
+def entropy(cam: np.ndarray) -> float:
+    """Shannon entropy of the map read as a distribution over its pixels, divided by log(H*W).
+
+    The result is in [0, 1]: 0 when all mass is on one pixel (a sharp map), 1 for a uniform map
+    (a map that says nothing). Dividing by log(H*W) makes maps of different sizes comparable;
+    a 1-pixel map has entropy 0. NaN for a map with no mass.
+    """
+    c = np.clip(_check_map(cam), 0.0, None)
+    total = c.sum()
+    if total <= 0.0:
+        return float("nan")
+    n = c.size
+    if n == 1:
+        return 0.0
+    p = c.ravel() / total
+    p = p[p > 0]
+    return float(np.clip(-(p * np.log(p)).sum() / np.log(n), 0.0, 1.0))
+
+
+def pointing_hit(cam: np.ndarray, mask: np.ndarray, tolerance_px: float = 0.0) -> bool:
+    """Pointing game: does the map's peak fall within `tolerance_px` pixels of a mask pixel?
+
+    Equivalent to testing the peak against the mask dilated by a disc of radius `tolerance_px`
+    (Zhang et al., "Top-down neural attention by excitation backprop", which uses 15 px on
+    224 px images). The caller decides what an empty mask means; here it is a miss.
+    """
+    c = _check_map(cam)
+    m = _check_mask(c, mask)
+    if tolerance_px < 0:
+        raise ValueError(f"tolerance_px must be >= 0, got {tolerance_px}")
+    p = peak(c)
+    if p is None or not m.any():
+        return False
+    # Only mask pixels in the square around the peak can be within the tolerance.
+    r = int(np.floor(tolerance_px))
+    y0, x0 = max(p[0] - r, 0), max(p[1] - r, 0)
+    ys, xs = np.nonzero(m[y0:p[0] + r + 1, x0:p[1] + r + 1])
+    if ys.size == 0:
+        return False
+    d2 = (ys + y0 - p[0]) ** 2 + (xs + x0 - p[1]) ** 2
+    return bool(d2.min() <= tolerance_px * tolerance_px)
+
+
+def energy_share(cam: np.ndarray, mask: np.ndarray) -> float:
+    """Share of the map's mass inside the mask: sum(cam * mask) / sum(cam), in [0, 1]; NaN for an empty map.
+
+    A map spread uniformly scores the mask's area share, so compare against that baseline
+    (`mask.mean()`) when judging a single number.
+    """
+    c = np.clip(_check_map(cam), 0.0, None)
+    m = _check_mask(c, mask)
+    total = c.sum()
+    if total <= 0.0:
+        return float("nan")
+    return float(c[m].sum() / total)

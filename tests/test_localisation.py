@@ -1,0 +1,118 @@
+"""Localisation scores on small hand-made maps and masks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from drray.localisation import energy_share, entropy, mass, peak, pointing_hit
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def blob(h: int, w: int, y: int, x: int) -> np.ndarray:
+    m = np.zeros((h, w), np.float32)
+    m[y, x] = 1.0
+    return m
+
+
+def test_peak_is_argmax_row_then_column():
+    cam = np.zeros((4, 6), np.float32)
+    cam[2, 5] = 0.9
+    cam[1, 3] = 0.3
+    assert peak(cam) == (2, 5)
+
+
+def test_peak_ties_take_first_in_row_major_order():
+    cam = np.zeros((3, 3), np.float32)
+    cam[2, 0] = cam[0, 2] = 1.0
+    assert peak(cam) == (0, 2)
+
+
+def test_peak_of_empty_map_is_none():
+    assert peak(np.zeros((5, 5))) is None
+
+
+def test_peak_rejects_nan_and_bad_shapes():
+    with pytest.raises(ValueError, match="NaN"):
+        peak(np.full((2, 2), np.nan))
+    with pytest.raises(ValueError, match=r"\(H, W\)"):
+        peak(np.zeros((2, 2, 3)))
+
+
+def test_entropy_bounds_sharp_uniform_and_half():
+    assert entropy(blob(8, 8, 3, 3)) == pytest.approx(0.0, abs=1e-12)
+    assert entropy(np.full((8, 8), 0.5)) == pytest.approx(1.0)
+    half = np.zeros((8, 8))
+    half[:4] = 1.0  # uniform on 32 of 64 pixels: log(32) / log(64)
+    assert entropy(half) == pytest.approx(math.log(32) / math.log(64))
+
+
+def test_entropy_is_scale_invariant_and_nan_when_empty():
+    rng = np.random.default_rng(0)
+    cam = rng.random((7, 9))
+    assert entropy(cam) == pytest.approx(entropy(cam * 0.1))
+    assert 0.0 < entropy(cam) < 1.0
+    assert math.isnan(entropy(np.zeros((4, 4))))
+    assert entropy(np.ones((1, 1))) == 0.0
+
+
+def test_pointing_hit_inside_and_outside_mask():
+    cam = blob(10, 10, 2, 2)
+    mask = np.zeros((10, 10), bool)
+    mask[2, 2] = True
+    assert pointing_hit(cam, mask)
+    mask[:] = False
+    mask[8, 8] = True
+    assert not pointing_hit(cam, mask)
+
+
+def test_pointing_hit_tolerance_is_a_disc():
+    cam = blob(20, 20, 10, 10)
+    mask = np.zeros((20, 20), bool)
+    mask[10, 13] = True  # 3 px to the right
+    assert not pointing_hit(cam, mask, tolerance_px=2.9)
+    assert pointing_hit(cam, mask, tolerance_px=3.0)
+    mask[:] = False
+    mask[13, 13] = True  # diagonal: distance sqrt(18) ~ 4.24, inside the 4-px square but outside the disc
+    assert not pointing_hit(cam, mask, tolerance_px=4.0)
+    assert pointing_hit(cam, mask, tolerance_px=4.25)
+
+
+def test_pointing_hit_near_the_border_and_for_empty_inputs():
+    cam = blob(6, 6, 0, 5)
+    mask = np.zeros((6, 6), bool)
+    mask[1, 4] = True
+    assert pointing_hit(cam, mask, tolerance_px=1.5)
+    assert not pointing_hit(cam, np.zeros((6, 6), bool), tolerance_px=3)
+    assert not pointing_hit(np.zeros((6, 6)), mask, tolerance_px=3)
+    with pytest.raises(ValueError, match="tolerance"):
+        pointing_hit(cam, mask, tolerance_px=-1)
+
+
+def test_energy_share_definition():
+    cam = np.array([[1.0, 3.0], [0.0, 4.0]])
+    mask = np.array([[True, False], [False, True]])
+    assert energy_share(cam, mask) == pytest.approx(5.0 / 8.0)
+    assert energy_share(cam, np.ones((2, 2), bool)) == pytest.approx(1.0)
+    assert energy_share(cam, np.zeros((2, 2), bool)) == 0.0
+    assert math.isnan(energy_share(np.zeros((2, 2)), mask))
+
+
+def test_energy_share_of_uniform_map_is_mask_area():
+    rng = np.random.default_rng(1)
+    mask = rng.random((16, 16)) < 0.3
+    assert energy_share(np.ones((16, 16)), mask) == pytest.approx(mask.mean())
+
+
+def test_mask_must_match_map_shape():
+    with pytest.raises(ValueError, match="resize the map"):
+        energy_share(np.ones((4, 4)), np.ones((8, 8), bool))
+
+
+def test_negative_rounding_noise_counts_as_zero():
+    cam = np.array([[-1e-6, 1.0]])
+    assert mass(cam) == pytest.approx(1.0)
+    assert energy_share(cam, np.array([[False, True]])) == pytest.approx(1.0)

@@ -1,0 +1,174 @@
+"""Training: pure pieces (class weights, schedule, augmentation, optimiser state), and one real
+Ray Train run with an ordinal head on a tiny synthetic set."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from drray.augment import AugmentConfig, augment, to_float
+from drray.config import Config, SynthConfig
+from drray.train import check_train_config, class_weights, trial_config
+from drray.train_loop import load_optimizer, lr_factor, save_optimizer
+
+NO_CHANGE = AugmentConfig(hflip=0, vflip=0, rotate_deg=0, scale=(1, 1), translate=0,
+                          brightness=0, contrast=0, saturation=0, background_level=-1)
+
+
+def make_tiny_set(root: Path, n: int = 48, size: int = 64) -> str:
+    """A synthetic photograph set + manifest under `root`; returns the manifest path."""
+    from drray.ingest import ingest
+    from drray.synth import generate
+
+    generate(SynthConfig(n=n, size=size, seed=3), root / "synth", parallel=False)
+    result = ingest("synth", root / "synth", root, seed=0, split_fractions=(0.5, 0.25, 0.25))
+    return str(result.manifest_path)
+
+
+def tiny_overrides(tmp: Path, *overrides: str) -> list[str]:
+    """CPU-sized training: 64 px, small batches, two epochs, results under `tmp`."""
+    return [
+        "model.backbone=test_resnet", "data.preprocess.image_size=64", "train.batch_size=8",
+        "train.epochs=2", "train.cpus_per_worker=1", f"train.storage_path={tmp / 'ray_results'}",
+        "data.num_cpus_per_decode_task=0.5", *overrides,
+    ]
+
+
+def tiny_config(tmp: Path, *overrides: str) -> Config:
+    return Config.from_yaml(None, tiny_overrides(tmp, *overrides))
+
+
+# ------------------------------------------------------------------------------------- pure parts
+def test_class_weights_are_inverse_frequency_with_mean_one_per_image():
+    labels = np.array([0] * 6 + [2] * 3 + [4] * 1)
+    w = class_weights(labels)
+    assert w[1] == 0 and w[3] == 0  # absent grades never contribute
+    assert w[0] < w[2] < w[4]
+    assert np.isclose(np.mean([w[y] for y in labels]), 1.0)
+    assert np.isclose(w[0] * 6, w[4] * 1)
+    assert class_weights(labels, "none") is None
+    with pytest.raises(ValueError, match="balance"):
+        class_weights(labels, "oversample")
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    f = [lr_factor(s, warmup_steps=4, total_steps=20) for s in range(20)]
+    assert f[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert all(a >= b for a, b in zip(f[4:], f[5:]))
+    assert math.isclose(lr_factor(20, 4, 20), 0.01)
+    assert lr_factor(0, 0, 10) == 1.0
+
+
+def test_augment_identity_and_flips_are_exact():
+    g = torch.Generator().manual_seed(0)
+    x = to_float(torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8, generator=g))
+    assert x.shape == (3, 3, 32, 32) and x.dtype == torch.float32 and float(x.max()) <= 1.0
+    assert torch.allclose(augment(x, NO_CHANGE), x, atol=1e-5)
+    hflip = AugmentConfig(**{**NO_CHANGE.__dict__, "hflip": 1.0})
+    vflip = AugmentConfig(**{**NO_CHANGE.__dict__, "vflip": 1.0})
+    assert torch.allclose(augment(x, hflip), x.flip(-1), atol=1e-5)
+    assert torch.allclose(augment(x, vflip), x.flip(-2), atol=1e-5)
+
+
+def test_augment_keeps_the_black_rim_black_and_values_in_range():
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    disc = ((yy - 32) ** 2 + (xx - 32) ** 2 < 20 ** 2).float()
+    x = disc.expand(8, 3, 64, 64) * torch.tensor([0.8, 0.4, 0.2]).view(1, 3, 1, 1)
+    out = augment(x, generator=torch.Generator().manual_seed(1))
+    assert out.shape == x.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+    corners = out[:, :, :6, :6]
+    assert float(corners.max()) == 0.0
+    assert not torch.allclose(out, x)  # something changed
+    same = augment(x, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out, same)  # seeded: reproducible
+
+
+def test_augment_rejects_a_channels_last_batch():
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        augment(torch.zeros(2, 16, 16, 3))
+
+
+def test_optimizer_state_round_trips_through_safetensors(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(net.parameters(), lr=0.01, weight_decay=0.1)
+    for _ in range(3):
+        net(torch.randn(5, 4)).pow(2).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    save_optimizer(opt, tmp_path / "opt.safetensors")
+    fresh = torch.optim.AdamW(net.parameters(), lr=1.0)
+    load_optimizer(fresh, tmp_path / "opt.safetensors", "cpu")
+    a, b = opt.state_dict(), fresh.state_dict()
+    assert b["param_groups"][0]["lr"] == 0.01 and b["param_groups"][0]["weight_decay"] == 0.1
+    for idx, state in a["state"].items():
+        for key, value in state.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(b["state"][idx][key])), key
+    assert not (tmp_path / "opt.safetensors").read_bytes().startswith(b"PK")  # not a torch.save zip
+
+
+def test_trial_config_applies_search_parameters_without_touching_the_base(tmp_path):
+    base = tiny_config(tmp_path)
+    cfg = trial_config(base, backbone="test_efficientnet", head="ordinal", lr=0.01, image_size=96, batch_size=4)
+    assert (cfg.model.backbone, cfg.model.head, cfg.train.lr) == ("test_efficientnet", "ordinal", 0.01)
+    assert (cfg.data.preprocess.image_size, cfg.train.batch_size) == (96, 4)
+    assert (base.model.backbone, base.data.preprocess.image_size) == ("test_resnet", 64)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.backbone=resnet_nonexistent", "not a timm model"),
+    ("train.cpus_per_worker=0", "cpus_per_worker"),
+    ("train.max_failures=-2", "max_failures"),
+    ("train.limit_train_batches=0", "limit_train_batches"),
+    ("train.label_smoothing=1.5", "label_smoothing"),
+])
+def test_bad_training_configs_are_refused_before_anything_starts(tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        check_train_config(tiny_config(tmp_path, override))
+
+
+def test_gpu_training_without_gpus_per_worker_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="gpus_per_worker"):
+        check_train_config(tiny_config(tmp_path, "train.use_gpu=true", "train.gpus_per_worker=0"))
+
+
+# ------------------------------------------------------------------------------------- Ray Train
+@pytest.fixture(scope="module")
+def tiny_manifest(tmp_path_factory) -> str:
+    return make_tiny_set(tmp_path_factory.mktemp("tiny_train"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_train_ordinal_head_stores_thresholds_fitted_on_validation(ray_session, tiny_manifest, tmp_path):
+    from drray.data import build_dataset
+    from drray.models import fit_ordinal_thresholds, load_model
+    from drray.train import evaluate, train
+
+    cfg = tiny_config(tmp_path, "model.head=ordinal", "train.epochs=2", "train.early_stopping_patience=0")
+    result = train(cfg, tmp_path / "run", manifest=tiny_manifest)
+
+    saved = json.loads((tmp_path / "run" / "train_metrics.json").read_text())
+    assert [h["epoch"] for h in saved["history"]] == [1, 2]
+    assert result.metrics["epoch"] in (1, 2) and result.metrics["qwk"] is not None
+    assert sorted(p.name for p in result.model_dir.iterdir()) == ["model.json", "weights.safetensors"]
+
+    model = load_model(result.model_dir)
+    card = model.card
+    assert card.head == "ordinal" and len(card.thresholds) == 4
+    # The thresholds are the ones fit_ordinal_thresholds gives on this model's validation scores.
+    val = build_dataset(tiny_manifest, card.preprocess_config(), split="val", labelled_only=True)
+    batch = val.take_batch(10_000, batch_format="numpy")
+    with torch.no_grad():
+        scores = model(model.normalize(torch.from_numpy(batch["image"].copy())))[:, 0].numpy()
+    refit = fit_ordinal_thresholds(scores, batch["label"].astype(np.int64))
+    np.testing.assert_allclose(card.thresholds, refit, atol=1e-3)
+
+    test_metrics = evaluate(result.model_dir, tiny_manifest, split="test")
+    assert test_metrics["split"] == "test" and test_metrics["n"] > 0
+    assert -1.0 <= test_metrics["qwk"] <= 1.0 and test_metrics["model_id"] == card.model_id
