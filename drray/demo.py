@@ -31,6 +31,8 @@ def run_demo(cfg: Config, out: Path) -> Path:
 
     begin = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
+    # Keep Ray's trial folders inside the run directory, wherever --out points.
+    cfg.train.storage_path = str((out / "ray_results").resolve())
     (out / "config.json").write_text(cfg.to_json())
 
     t = _step(f"synth: {cfg.synth.n} photographs at {cfg.synth.size} px (seed {cfg.synth.seed})")
