@@ -3,8 +3,8 @@
 Measured side by side in one run, on the same images, model, CAM method and batch size:
 
 1. plain loop: one process, `cpus` torch threads, batch after batch: decode + preprocess
-   (drray.data.decode_batch), predict + CAM + scores + overlay (drray.explainer.Explainer, the
-   same callable the actors run), Parquet part files (drray.explain_sink.write_part), with the
+   (drray.data.dataset.decode_batch), predict + CAM + scores + overlay (drray.explain.actor.Explainer, the
+   same callable the actors run), Parquet part files (drray.explain.sink.write_part), with the
    local Ray instance idle beside it.
 2. `explain(...)` on a local Ray instance of `cpus` CPUs (decode tasks, actor pool, write tasks).
 3. `explain(..., methods=())`: the same pipeline predicting only.
@@ -47,10 +47,10 @@ def make_inputs(work: Path, args) -> tuple[Path, Path, Path]:
     import pyarrow.parquet as pq
 
     from drray.config import PreprocessConfig, SynthConfig
-    from drray.ingest import ingest, read_manifest
-    from drray.models import create_model, save_model
+    from drray.data.ingest import ingest, read_manifest
+    from drray.models.model import create_model, save_model
     from drray.schema import MANIFEST_SCHEMA
-    from drray.synth import generate
+    from drray.data.synth import generate
 
     distinct = min(args.n * 10, args.distinct)
     generate(SynthConfig(n=distinct, size=args.photo_size, seed=0), work / "synth", parallel=False)
@@ -116,10 +116,10 @@ class PeakRSS:
 
 # ----------------------------------------------------------------------------------- runners
 def manifest_batch(chunk) -> dict:
-    """Manifest rows -> the numpy batch drray.data.build_dataset hands decode_batch (label -1 = unknown)."""
+    """Manifest rows -> the numpy batch drray.data.dataset.build_dataset hands decode_batch (label -1 = unknown)."""
     import numpy as np
 
-    from drray.data import PASSTHROUGH_COLUMNS
+    from drray.data.dataset import PASSTHROUGH_COLUMNS
     from drray.schema import MASK_COLUMNS
 
     batch = {}
@@ -136,10 +136,10 @@ def plain_loop(manifest: Path, model_dir: Path, out: Path, args) -> float:
     import torch
 
     from drray.config import CamConfig
-    from drray.data import decode_batch, load_manifest, manifest_base_dir
-    from drray.explain_sink import write_part
-    from drray.explainer import Explainer
-    from drray.model_card import CARD_FILE, ModelCard
+    from drray.data.dataset import decode_batch, load_manifest, manifest_base_dir
+    from drray.explain.sink import write_part
+    from drray.explain.actor import Explainer
+    from drray.models.card import CARD_FILE, ModelCard
 
     torch.set_num_threads(args.cpus)
     start = time.perf_counter()
@@ -156,7 +156,7 @@ def plain_loop(manifest: Path, model_dir: Path, out: Path, args) -> float:
 
 def pipeline(manifest: Path, model_dir: Path, out: Path, methods: list[str], args) -> tuple[float, int]:
     from drray.config import CamConfig
-    from drray.explain import explain
+    from drray.explain.pipeline import explain
 
     cam = CamConfig(batch_size=args.batch_size, num_actors=args.actors, cpus_per_actor=args.actor_cpus,
                     decode_cpus=args.decode_cpus, torch_threads=args.torch_threads)

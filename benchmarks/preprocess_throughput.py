@@ -1,4 +1,4 @@
-"""Single-core throughput of `drray.preprocess.prepare` on scikit-image's 1411 px fundus photograph.
+"""Single-core throughput of `drray.data.preprocess.prepare` on scikit-image's 1411 px fundus photograph.
 
 Prints images/s for each variant and its cost relative to the plain crop+resize, all measured
 side by side in this process (OpenCV pinned to one thread).
@@ -17,7 +17,7 @@ import numpy as np
 import skimage.data
 
 from drray.config import PreprocessConfig
-from drray.preprocess import find_fundus, prepare
+from drray.data.preprocess import find_fundus, prepare
 
 
 def rate(fn, img: np.ndarray, seconds: float) -> tuple[float, float]:

@@ -30,10 +30,10 @@ def main() -> None:
         args.n, args.size = 3, 128
 
     from drray.config import SynthConfig
-    from drray.synth import render
-    from drray.synth.generate import _jpeg
-    from drray.synth.photometry import expose, illumination, sample_camera
-    from drray.synth.render import compose
+    from drray.data.synth import render
+    from drray.data.synth.generate import _jpeg
+    from drray.data.synth.photometry import expose, illumination, sample_camera
+    from drray.data.synth.render import compose
 
     cv2.setNumThreads(1)
     cfg = SynthConfig(n=args.n, size=args.size, seed=args.seed)
@@ -43,7 +43,7 @@ def main() -> None:
     grades = []
     start, cpu_start = time.perf_counter(), time.process_time()
     for i in range(args.n):
-        # The same steps as drray.synth.render, timed apart.
+        # The same steps as drray.data.synth.render, timed apart.
         t0 = time.perf_counter()
         layers = compose(args.seed, i, cfg)
         t1 = time.perf_counter()

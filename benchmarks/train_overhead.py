@@ -1,6 +1,6 @@
 """Ray Train overhead: a training epoch fed by Ray Data vs the same epoch in a plain PyTorch loop.
 
-Both sides run `drray.train_loop.train_epoch` (augmentation on the batch, normalisation, forward,
+Both sides run `drray.training.loop.train_epoch` (augmentation on the batch, normalisation, forward,
 weighted loss, backward, AdamW step) with the same model, images and batch size, inside one Ray
 Train worker (a TorchTrainer, as `drray train` starts it); only the data path differs:
 
@@ -56,9 +56,9 @@ def worker(config: dict) -> list[dict]:
     import torch
 
     from drray.config import Config
-    from drray.models import create_model
-    from drray.train import class_weights
-    from drray.train_loop import _collate, train_epoch
+    from drray.models.model import create_model
+    from drray.training.train import class_weights
+    from drray.training.loop import _collate, train_epoch
 
     cfg = Config.from_dict(config["config"])
     torch.set_num_threads(max(1, math.ceil(cfg.train.cpus_per_worker)))

@@ -14,12 +14,12 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "load_model": "drray.models",
-    "create_model": "drray.models",
-    "save_model": "drray.models",
-    "DRModel": "drray.models",
-    "list_backbones": "drray.models",
-    "ModelCard": "drray.model_card",
+    "load_model": "drray.models.model",
+    "create_model": "drray.models.model",
+    "save_model": "drray.models.model",
+    "DRModel": "drray.models.model",
+    "list_backbones": "drray.models.model",
+    "ModelCard": "drray.models.card",
     "CamEngine": "drray.cam",
     "CAM_METHODS": "drray.cam",
     "Config": "drray.config",

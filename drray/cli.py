@@ -34,8 +34,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------------------------------- synth
 def cmd_synth(args: argparse.Namespace) -> int:
-    from drray.ingest import ingest
-    from drray.synth import generate
+    from drray.data.ingest import ingest
+    from drray.data.synth import generate
 
     cfg = _load_config(args)
     s = cfg.synth
@@ -56,7 +56,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------- ingest
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from drray.ingest import NoUsableImages, ingest
+    from drray.data.ingest import NoUsableImages, ingest
 
     cfg = _load_config(args)
     kwargs = {}
@@ -84,7 +84,7 @@ def _manifest_and_out(args: argparse.Namespace, cfg: Config) -> tuple[str, Path]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from drray.train import train
+    from drray.training.train import train
 
     cfg = _load_config(args)
     manifest, out = _manifest_and_out(args, cfg)
@@ -94,7 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from drray.tune import tune
+    from drray.training.tune import tune
 
     cfg = _load_config(args)
     manifest, out = _manifest_and_out(args, cfg)
@@ -105,7 +105,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------------- explain
 def cmd_explain(args: argparse.Namespace) -> int:
-    from drray.explain import explain
+    from drray.explain.pipeline import explain
 
     cfg = _load_config(args)
     manifest, out = _manifest_and_out(args, cfg)
@@ -127,7 +127,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     import duckdb
     import pandas as pd
 
-    from drray.query import query
+    from drray.evaluate.query import query
 
     try:
         df = query(args.sql, args.run)

@@ -23,11 +23,11 @@ def _done(start: float, *where: object) -> None:
 
 def run_demo(cfg: Config, out: Path) -> Path:
     """synth -> ingest -> tune -> test-split metrics -> explain, all into `out` (default runs/demo/)."""
-    from drray.explain import explain
-    from drray.ingest import ingest
-    from drray.synth import generate
-    from drray.train import evaluate, write_json
-    from drray.tune import tune
+    from drray.explain.pipeline import explain
+    from drray.data.ingest import ingest
+    from drray.data.synth import generate
+    from drray.training.train import evaluate, write_json
+    from drray.training.tune import tune
 
     begin = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""`ray job submit` entry point for `drray tune` (no logic: the CLI parses, drray.tune runs).
+"""`ray job submit` entry point for `drray tune` (no logic: the CLI parses, drray.training.tune runs).
 
     ray job submit --address http://HEAD:8265 --runtime-env jobs/runtime_env.yaml -- \
         python jobs/tune.py --config configs/aptos2019.yaml --manifest /data/aptos/manifest.parquet \

@@ -240,7 +240,7 @@ def test_targets_change_the_maps_when_they_should():
 
 
 def test_ordinal_and_classification_drray_models():
-    from drray.models import create_model
+    from drray.models.model import create_model
 
     torch.manual_seed(0)
     ordinal = create_model("test_resnet", head="ordinal", image_size=64).eval()

@@ -1,4 +1,4 @@
-"""drray.data: manifest rows become preprocessed images (and aligned lesion masks) in Ray tasks."""
+"""drray.data.dataset: manifest rows become preprocessed images (and aligned lesion masks) in Ray tasks."""
 
 from pathlib import Path
 
@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from drray.config import PreprocessConfig
-from drray.data import build_dataset, decode_batch, mask_bits, unpack_mask
+from drray.data.dataset import build_dataset, decode_batch, mask_bits, unpack_mask
 from drray.schema import MASK_COLUMNS, MASK_TYPES, Reason
 
 SIZE = 64

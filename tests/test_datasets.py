@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import dataset_fixtures as fx
-from drray.datasets import get_source, list_sources
-from drray.datasets.eyepacs import parse_name
-from drray.ingest import ingest, read_errors, read_manifest
+from drray.data.sources import get_source, list_sources
+from drray.data.sources.eyepacs import parse_name
+from drray.data.ingest import ingest, read_errors, read_manifest
 from drray.schema import MANIFEST_SCHEMA, MASK_COLUMNS, SOURCES
 
 

@@ -1,6 +1,6 @@
 """drray explain: row scoring, the sink's exactly-once files, and the Ray Data pipeline end to end.
 
-The end-to-end tests run on a hand-made fundus set (drawn here, ingested with drray.ingest as
+The end-to-end tests run on a hand-made fundus set (drawn here, ingested with drray.data.ingest as
 the `synth` source): a dim orange disc with a bright optic disc in every image and, in lesion
 images (grade 2), a cluster of small exudates and haemorrhages with their masks. The optic disc
 is in every image, so a model that learned the grades must look at the lesions, not at it.
@@ -25,10 +25,10 @@ import pytest
 from PIL import Image
 
 from drray.config import CamConfig, PreprocessConfig
-from drray.data import mask_bits
-from drray.explain import ExplainResult, plan_work
-from drray.explainer import EXPLANATION_ROW_SCHEMA, ROW_SCHEMA, map_scores, shrink_map
-from drray.overlay import blend, overlay_png
+from drray.data.dataset import mask_bits
+from drray.explain.pipeline import ExplainResult, plan_work
+from drray.explain.actor import EXPLANATION_ROW_SCHEMA, ROW_SCHEMA, map_scores, shrink_map
+from drray.cam.overlay import blend, overlay_png
 from drray.schema import MASK_COLUMNS, Reason
 
 SIZE = 64  # network input of the pipeline tests
@@ -96,7 +96,7 @@ def make_fundus_set(root: Path, n: int, size: int = 96, seed: int = 0) -> Path:
 
 
 def ingest_set(root: Path, out: Path) -> Path:
-    from drray.ingest import ingest
+    from drray.data.ingest import ingest
 
     ingest("synth", root, out, seed=0)
     return out / "manifest.parquet"
@@ -105,7 +105,7 @@ def ingest_set(root: Path, out: Path) -> Path:
 def save_tiny_model(out: Path, size: int = SIZE, seed: int = 0, target_layer: str | None = None):
     import torch
 
-    from drray.models import create_model, save_model
+    from drray.models.model import create_model, save_model
 
     torch.manual_seed(seed)
     model = create_model("test_resnet", image_size=size, preprocess=PreprocessConfig(image_size=size),
@@ -195,7 +195,7 @@ def test_overlay_png_is_a_thumbnail_of_the_requested_size():
 
 
 def _decoded_batch(n: int, size: int) -> dict[str, np.ndarray]:
-    """What drray.data.decode_batch gives for n readable images without masks."""
+    """What drray.data.dataset.decode_batch gives for n readable images without masks."""
     rng = np.random.default_rng(0)
     return {
         "image_id": np.array([f"i{k}" for k in range(n)], dtype=object),
@@ -215,7 +215,7 @@ def _decoded_batch(n: int, size: int) -> dict[str, np.ndarray]:
 
 @pytest.mark.timeout(60)
 def test_explainer_isolates_the_image_the_model_fails_on(tmp_path):
-    from drray.explainer import Explainer
+    from drray.explain.actor import Explainer
 
     save_tiny_model(tmp_path / "model")
     explainer = Explainer(str(tmp_path / "model"), ["gradcam"], CamConfig(cam_size=8, overlay_size=16))
@@ -270,7 +270,7 @@ def _rows(ids: list[str], reasons: list[str | None]) -> pa.Table:
 
 @pytest.mark.timeout(30)
 def test_write_part_splits_rows_and_a_retried_task_replaces_its_files(tmp_path):
-    from drray.explain_sink import write_part
+    from drray.explain.sink import write_part
 
     table = _rows(["a", "b", "c"], [None, Reason.CORRUPT_IMAGE, None])
     first = write_part(tmp_path, "run1-000003", table)
@@ -303,7 +303,7 @@ N_IMAGES = 16
 @pytest.fixture(scope="module")
 def fundus_run(tmp_path_factory):
     """A small ingested set (one image corrupted after ingest), a random tiny model, the corrupt file's reason."""
-    from drray.images import ImageError, read_rgb
+    from drray.data.images import ImageError, read_rgb
 
     base = tmp_path_factory.mktemp("explain")
     manifest = ingest_set(make_fundus_set(base / "data", N_IMAGES), base / "run")
@@ -325,7 +325,7 @@ def _keys(out: Path) -> list[tuple[str, str | None]]:
 def test_explain_writes_the_schema_errors_and_reruns_idempotently(ray_session, fundus_run):
     import duckdb
 
-    from drray.explain import explain
+    from drray.explain.pipeline import explain
 
     out = fundus_run["base"] / "out"
     cam = CamConfig(batch_size=4, cam_size=16, overlay_size=48)
@@ -387,7 +387,7 @@ def test_explain_writes_the_schema_errors_and_reruns_idempotently(ray_session, f
 
 @pytest.mark.timeout(120)
 def test_predict_only_mode_writes_one_row_per_image_without_maps(ray_session, fundus_run):
-    from drray.explain import explain
+    from drray.explain.pipeline import explain
 
     out = fundus_run["base"] / "predict_only"
     result = explain(fundus_run["manifest"], fundus_run["model"], out, methods=(), cam=CamConfig(batch_size=8))
@@ -405,7 +405,7 @@ def test_predict_only_mode_writes_one_row_per_image_without_maps(ray_session, fu
 
 @pytest.mark.timeout(120)
 def test_faithfulness_flag_adds_road_scores(ray_session, fundus_run):
-    from drray.explain import explain
+    from drray.explain.pipeline import explain
 
     out = fundus_run["base"] / "road"
     cam = CamConfig(batch_size=4, faithfulness=True)
@@ -417,7 +417,7 @@ def test_faithfulness_flag_adds_road_scores(ray_session, fundus_run):
 
 @pytest.mark.timeout(60)
 def test_unknown_method_fails_before_any_work(tmp_path, fundus_run):
-    from drray.explain import explain
+    from drray.explain.pipeline import explain
 
     with pytest.raises(ValueError, match="unknown CAM method 'gradcamm'"):
         explain(fundus_run["manifest"], fundus_run["model"], tmp_path, methods=["gradcamm"])
@@ -428,8 +428,8 @@ def train_tiny_model(size: int, target_layer: str, n: int = 64, epochs: int = 15
     """test_resnet trained with a plain torch loop to tell grade 2 (lesions) from grade 0, deterministically."""
     import torch
 
-    from drray.models import create_model
-    from drray.preprocess import prepare
+    from drray.models.model import create_model
+    from drray.data.preprocess import prepare
 
     cfg = PreprocessConfig(image_size=size)
     rng = np.random.default_rng(1)
@@ -459,8 +459,8 @@ def train_tiny_model(size: int, target_layer: str, n: int = 64, epochs: int = 15
 @pytest.mark.timeout(240)
 def test_trained_model_points_at_lesions_more_often_than_random_weights(ray_session, tmp_path):
     """Maps follow the model, not the image: same architecture and images, trained vs random weights."""
-    from drray.explain import explain
-    from drray.models import save_model
+    from drray.explain.pipeline import explain
+    from drray.models.model import save_model
 
     size, layer = 96, "layer3"  # layer3 (stride 16) gives 6 x 6 maps at 96 px; layer4 only 3 x 3
     save_model(train_tiny_model(size, layer), tmp_path / "trained")
@@ -488,7 +488,7 @@ CLUSTER_SCENARIO = textwrap.dedent("""
     from ray.cluster_utils import Cluster
 
     from drray.config import CamConfig
-    from drray.explain import explain
+    from drray.explain.pipeline import explain
 
     manifest, model, out = sys.argv[1:4]
     # Decode and write tasks on the head; explainers only on the two workers (one each).

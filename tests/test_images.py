@@ -1,4 +1,4 @@
-"""drray.images: every kind of photograph is read the same way, every bad file has a reason."""
+"""drray.data.images: every kind of photograph is read the same way, every bad file has a reason."""
 
 import io
 from pathlib import Path
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drray.images import ImageError, decode_rgb, probe, read_mask, read_rgb
+from drray.data.images import ImageError, decode_rgb, probe, read_mask, read_rgb
 from drray.schema import Reason
 
 

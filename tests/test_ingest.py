@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import dataset_fixtures as fx
-from drray.datasets import get_source
-from drray.ingest import NoUsableImages, ingest, parse_label, read_errors, read_manifest
+from drray.data.sources import get_source
+from drray.data.ingest import NoUsableImages, ingest, parse_label, read_errors, read_manifest
 from drray.schema import ERRORS_SCHEMA, MANIFEST_SCHEMA, SOURCES
 
 COLUMNS = ["image_id", "path", "label", "mask_ma"]
@@ -225,7 +225,7 @@ def test_read_manifest_refuses_other_files(tmp_path):
 
 
 def test_parallel_choice_follows_the_image_count(tmp_path, monkeypatch):
-    import drray.datasets.probe as probe
+    import drray.data.probe as probe
 
     calls = []
     monkeypatch.setattr(probe, "_in_ray", lambda items, max_pixels: calls.append(len(items)) or probe.probe_chunk(items, max_pixels))

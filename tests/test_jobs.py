@@ -22,7 +22,7 @@ import pytest
 
 from drray.config import Config
 from drray.schema import TRIALS_SCHEMA
-from drray.tune import check_tune_config
+from drray.training.tune import check_tune_config
 from test_train import make_tiny_set
 
 REPO = Path(__file__).resolve().parents[1]

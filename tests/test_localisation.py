@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from drray.localisation import energy_share, entropy, mass, peak, pointing_hit
+from drray.evaluate.localisation import energy_share, entropy, mass, peak, pointing_hit
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -1,4 +1,4 @@
-"""drray.models over timm's tiny test_* models of several families: heads, model dirs, weights, preprocessing."""
+"""drray.models.model over timm's tiny test_* models of several families: heads, model dirs, weights, preprocessing."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import safetensors.torch
 import torch
 
 from drray.config import PreprocessConfig
-from drray.metrics import quadratic_weighted_kappa
-from drray.model_card import CARD_FILE, WEIGHTS_FILE, ModelCard
-from drray.models import (
+from drray.evaluate.metrics import quadratic_weighted_kappa
+from drray.models.card import CARD_FILE, WEIGHTS_FILE, ModelCard
+from drray.models.model import (
     DRModel,
     create_model,
     fit_ordinal_temperature,
@@ -23,8 +23,8 @@ from drray.models import (
     load_model,
     save_model,
 )
-from drray.ordinal import DEFAULT_THRESHOLDS, grades_from_scores
-from drray.preprocess import prepare
+from drray.models.ordinal import DEFAULT_THRESHOLDS, grades_from_scores
+from drray.data.preprocess import prepare
 
 # One per family: plain CNN, mobile CNN, ConvNeXt, normaliser-free, BYOB, ViT, windowed attention.
 FAMILIES = ["test_resnet", "test_efficientnet", "test_convnext", "test_nfnet", "test_byobnet",
@@ -170,7 +170,7 @@ def test_unknown_card_keys_are_ignored_with_a_warning(tmp_path, caplog):
     d = save_model(create_model("test_resnet", image_size=SIZE), tmp_path / "model")
     card = json.loads((d / CARD_FILE).read_text())
     (d / CARD_FILE).write_text(json.dumps({**card, "from_the_future": 1}))
-    with caplog.at_level(logging.WARNING, logger="drray.model_card"):
+    with caplog.at_level(logging.WARNING, logger="drray.models.card"):
         assert load_model(d).card.timm_name == "test_resnet"
     assert "from_the_future" in caplog.text
 
@@ -195,7 +195,7 @@ def test_pretrained_path_loads_backbone_and_skips_the_classifier(tmp_path, caplo
     torch.manual_seed(0)
     fresh = create_model("test_resnet", image_size=SIZE).eval()
     torch.manual_seed(0)
-    with caplog.at_level(logging.INFO, logger="drray.weights"):
+    with caplog.at_level(logging.INFO, logger="drray.models.weights"):
         loaded = create_model("test_resnet", image_size=SIZE, pretrained_path=path).eval()
     assert "fc.weight (1000, " in caplog.text
     got = loaded.backbone.state_dict()
@@ -357,8 +357,8 @@ def test_card_validation():
 
 def test_drray_exposes_the_model_api_lazily():
     import drray
-    import drray.models
+    import drray.models.model
 
-    assert drray.create_model is drray.models.create_model
-    assert drray.load_model is drray.models.load_model
-    assert drray.save_model is drray.models.save_model
+    assert drray.create_model is drray.models.model.create_model
+    assert drray.load_model is drray.models.model.load_model
+    assert drray.save_model is drray.models.model.save_model

@@ -8,7 +8,7 @@ import pytest
 import skimage.data
 
 from drray.config import PreprocessConfig
-from drray.preprocess import (
+from drray.data.preprocess import (
     CropBox,
     FundusCircle,
     ben_graham,

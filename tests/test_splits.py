@@ -1,4 +1,4 @@
-"""Patient-level, grade-stratified splits (drray.splits)."""
+"""Patient-level, grade-stratified splits (drray.data.splits)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from drray.splits import assign_splits
+from drray.data.splits import assign_splits
 
 FRACTIONS = (0.7, 0.1, 0.2)
 
@@ -41,7 +41,7 @@ def test_grade_stratification_roughly_holds():
     for grade, group in worst.groupby("worst"):
         shares = group["split"].value_counts(normalize=True)
         for name, f in zip(("train", "val", "test"), FRACTIONS):
-            # Within one patient of the exact count in every stratum (see drray.splits).
+            # Within one patient of the exact count in every stratum (see drray.data.splits).
             assert abs(shares.get(name, 0.0) * len(group) - f * len(group)) <= 1.0 + 1e-9, (grade, name)
 
 

@@ -1,4 +1,4 @@
-"""drray.synth: masks cover what is painted, grades follow ICDR, sizes follow anatomy, bytes are reproducible."""
+"""drray.data.synth: masks cover what is painted, grades follow ICDR, sizes follow anatomy, bytes are reproducible."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ import pytest
 from PIL import Image
 
 from drray.config import SynthConfig
-from drray.images import read_mask, read_rgb
+from drray.data.images import read_mask, read_rgb
 from drray.schema import LESION_TYPES, MASK_COLUMNS, MASK_TYPES
-from drray.synth import SynthImage, generate, image_id, render
-from drray.synth.anatomy import sample_geometry
-from drray.synth.grading import (
+from drray.data.synth import SynthImage, generate, image_id, render
+from drray.data.synth.anatomy import sample_geometry
+from drray.data.synth.grading import (
     MODERATE_HE_PER_QUADRANT, QUADRANTS, SEVERE_HE_PER_QUADRANT, grade_for, plan_for_grade,
 )
-from drray.synth.lesions import SIZE_RANGES, Lesion, paint, place
-from drray.synth.render import compose
-from drray.synth.vessels import vessel_tree
+from drray.data.synth.lesions import SIZE_RANGES, Lesion, paint, place
+from drray.data.synth.render import compose
+from drray.data.synth.vessels import vessel_tree
 
 
 def only_grade(grade: int, size: int = 96, **kw) -> SynthConfig:

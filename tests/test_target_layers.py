@@ -9,7 +9,7 @@ import timm
 import torch
 from torch import nn
 
-from drray.target_layers import (
+from drray.cam.target_layers import (
     find_last_spatial_layer,
     nhwc_to_nchw,
     resolve_target_layer,
@@ -104,7 +104,7 @@ def test_named_layer_and_missing_name():
 
 
 def test_drray_model_resolves_inside_its_backbone():
-    from drray.models import create_model
+    from drray.models.model import create_model
 
     model = create_model("test_resnet", head="classification", image_size=64)
     layer, _, name = resolve_target_layer(model)
@@ -132,7 +132,7 @@ class TinyNet(nn.Module):
 
 def test_generic_fallback_finds_the_last_map_and_says_so(caplog):
     model = TinyNet()
-    with caplog.at_level(logging.INFO, logger="drray.target_layers"):
+    with caplog.at_level(logging.INFO, logger="drray.cam.target_layers"):
         layer, reshape, name = resolve_target_layer(model, input_size=32)
     assert name == "features" and layer is model.features and reshape is None
     assert "no CAM target-layer rule for TinyNet" in caplog.text

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from drray.augment import AugmentConfig, augment, to_float
+from drray.training.augment import AugmentConfig, augment, to_float
 from drray.config import Config, SynthConfig
-from drray.train import check_train_config, class_weights, trial_config
-from drray.train_loop import load_optimizer, lr_factor, save_optimizer
+from drray.training.train import check_train_config, class_weights, trial_config
+from drray.training.loop import load_optimizer, lr_factor, save_optimizer
 
 NO_CHANGE = AugmentConfig(hflip=0, vflip=0, rotate_deg=0, scale=(1, 1), translate=0,
                           brightness=0, contrast=0, saturation=0, background_level=-1)
@@ -22,8 +22,8 @@ NO_CHANGE = AugmentConfig(hflip=0, vflip=0, rotate_deg=0, scale=(1, 1), translat
 
 def make_tiny_set(root: Path, n: int = 48, size: int = 64) -> str:
     """A synthetic photograph set + manifest under `root`; returns the manifest path."""
-    from drray.ingest import ingest
-    from drray.synth import generate
+    from drray.data.ingest import ingest
+    from drray.data.synth import generate
 
     generate(SynthConfig(n=n, size=size, seed=3), root / "synth", parallel=False)
     result = ingest("synth", root / "synth", root, seed=0, split_fractions=(0.5, 0.25, 0.25))
@@ -146,9 +146,9 @@ def tiny_manifest(tmp_path_factory) -> str:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_train_ordinal_head_stores_thresholds_fitted_on_validation(ray_session, tiny_manifest, tmp_path):
-    from drray.data import build_dataset
-    from drray.models import fit_ordinal_thresholds, load_model
-    from drray.train import evaluate, train
+    from drray.data.dataset import build_dataset
+    from drray.models.model import fit_ordinal_thresholds, load_model
+    from drray.training.train import evaluate, train
 
     cfg = tiny_config(tmp_path, "model.head=ordinal", "train.epochs=2", "train.early_stopping_patience=0")
     result = train(cfg, tmp_path / "run", manifest=tiny_manifest)

@@ -20,9 +20,9 @@ import torch
 
 from drray.config import Config
 from drray.schema import TRIALS_SCHEMA
-from drray.trial_resources import check_fits, default_concurrency, trial_resources
-from drray.trials import best_trial, checkpoint_uri, sort_trials, status_of, summary, to_arrow, trial_row
-from drray.tune import check_tune_config, param_space, search_values
+from drray.training.resources import check_fits, default_concurrency, trial_resources
+from drray.training.trials import best_trial, checkpoint_uri, sort_trials, status_of, summary, to_arrow, trial_row
+from drray.training.tune import check_tune_config, param_space, search_values
 from test_train import make_tiny_set, tiny_overrides
 
 TWO_BACKBONES = "tune.backbones=[test_resnet,test_efficientnet]"
@@ -132,7 +132,7 @@ def test_trial_status_from_tune_status_and_the_loop_finished_flag():
 def test_a_failed_trial_row_carries_the_last_line_of_its_error(tmp_path):
     from types import SimpleNamespace
 
-    from drray.trials import _error_text
+    from drray.training.trials import _error_text
 
     err = tmp_path / "error.txt"
     err.write_text("Traceback (most recent call last):\n  File ...\nValueError: label 7 is outside 0-4\n\n")
@@ -172,7 +172,7 @@ def tiny_manifest(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def searched(ray_session, tiny_manifest, tmp_path_factory):
     """One finished two-backbone search, shared by the tests below."""
-    from drray.tune import tune
+    from drray.training.tune import tune
 
     tmp = tmp_path_factory.mktemp("search")
     cfg = tune_config(tmp, TWO_BACKBONES, "tune.name=two")
@@ -182,7 +182,7 @@ def searched(ray_session, tiny_manifest, tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_tune_two_backbones_writes_trials_and_the_best_model(searched):
-    from drray.models import load_model
+    from drray.models.model import load_model
 
     cfg, tmp, result = searched
     table = pq.read_table(result.trials_path)
@@ -210,7 +210,7 @@ def test_tune_two_backbones_writes_trials_and_the_best_model(searched):
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_resuming_a_finished_search_gives_its_trials_back(searched, tiny_manifest):
-    from drray.tune import tune
+    from drray.training.tune import tune
 
     cfg, tmp, first = searched
     again = tune(tune_config(tmp, TWO_BACKBONES, "tune.name=two", "tune.resume=true"), tmp / "out2",
@@ -225,7 +225,7 @@ INTERRUPTED_SEARCH = textwrap.dedent("""
     from pathlib import Path
     import ray
     from drray.config import Config
-    from drray.tune import tune
+    from drray.training.tune import tune
     logging.basicConfig(level=logging.INFO)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     tune(Config.from_yaml(None, sys.argv[3:]), Path(sys.argv[1]), manifest=sys.argv[2])
@@ -255,7 +255,7 @@ def _epochs_recorded(experiment: Path) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_an_interrupted_search_resumes_its_trial_from_the_latest_checkpoint(ray_session, tiny_manifest, tmp_path):
-    from drray.tune import tune
+    from drray.training.tune import tune
 
     # Enough epochs that the interrupt lands mid-trial; no early stopping to end it sooner.
     overrides = tune_overrides(tmp_path, "tune.backbones=[test_resnet]", "train.epochs=12",

@@ -31,7 +31,7 @@ from drray.cam.fast_methods import FAST_FORMULAS, normalise_maps, upsample_maps
 from drray.cam.registry import CamMethod, get_method
 from drray.cam.targets import RowTarget, Target, parse_target, probs_and_preds, target_scores
 from drray.cam.zoo import run_zoo_method
-from drray.target_layers import module_name, resolve_target_layer
+from drray.cam.target_layers import module_name, resolve_target_layer
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -75,7 +75,7 @@ class CamEngine:
         classification logits (softmax for probabilities, argmax for the prediction).
     method: a name from CAM_METHODS (case, '-' and '_' ignored).
     target_layer: a module of `model`, its dotted name, or None for the per-family layer
-        (drray.target_layers); a drray model's card may name it.
+        (drray.cam.target_layers); a drray model's card may name it.
     target: what the maps explain by default (drray.cam.targets): "pred", a grade 0-4,
         "referable" or "score".
     reshape_transform: turns the layer's output into (B, C, h, w); default: the family's
@@ -247,7 +247,7 @@ class CamEngine:
             x = self.reshape_transform(x)
         if x.ndim != 4:
             raise ValueError(f"target layer {self.target_layer_name!r} gives {tuple(x.shape)} activations, not "
-                             "(B, C, h, w); pass a reshape_transform (drray.target_layers has the common ones)")
+                             "(B, C, h, w); pass a reshape_transform (drray.cam.target_layers has the common ones)")
         return x.detach().float()
 
     def _zoo(self, method: CamMethod, batch: torch.Tensor, target: Target, grades: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,55 @@
+"""APTOS 2019 Blindness Detection (Kaggle).
+
+Layout: `train.csv` (id_code,diagnosis) with `train_images/{id_code}.png`, and `test.csv`
+(id_code only) with `test_images/{id_code}.png`.
+
+- The test grades were never published: test rows get label null and split "test".
+- The labelled rows have no official split (the only official test set is unlabelled), so
+  they are split train/val/test by patient like a source without one; a labelled test split
+  is what evaluation needs.
+- APTOS publishes no patient ids: each image is its own patient, eye unknown.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+from drray.data.sources import register
+from drray.data.sources.base import Candidate, Problem, index_images, locate, location, read_rows, relative, require_columns
+from drray.schema import Reason
+
+_PARTS = (
+    # csv name, image folder, official split, has labels
+    ("train.csv", "train_images", None, True),
+    ("test.csv", "test_images", "test", False),
+)
+
+
+@register(
+    "aptos2019",
+    looked_for="train.csv (id_code,diagnosis) with train_images/{id_code}.png, and/or test.csv with test_images/",
+)
+def scan(root: Path, **_options) -> Iterator[Candidate | Problem]:
+    for csv_name, folder, split, labelled in _PARTS:
+        table = root / csv_name
+        if not table.is_file():
+            continue
+        header, rows = read_rows(table)
+        require_columns(table, header, ["id_code", "diagnosis"] if labelled else ["id_code"])
+        images = index_images(root / folder)
+        for line, row in rows:
+            where = location(table, line)
+            image_id = row["id_code"]
+            if not image_id:
+                yield Problem(where, "ingest", Reason.MISSING_FILE, f"{where}: empty id_code, no image to look for")
+                continue
+            path = locate(images, image_id, root / folder / f"{image_id}.png")
+            yield Candidate(
+                image_id=image_id,
+                path=relative(root, path),
+                label=row["diagnosis"] if labelled else None,
+                where=where,
+                split=split,
+                label_required=labelled,
+            )

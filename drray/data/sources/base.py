@@ -1,0 +1,152 @@
+"""What a dataset adapter yields, and the small readers every adapter shares.
+
+An adapter turns one on-disk layout into `Candidate` records (an image it found, with the raw
+label text as written in the source) and `Problem`s (something it could not even make a record
+of). It judges nothing else: labels, paths, duplicates and image content are checked once, for
+every source alike, by `drray.data.ingest`.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from drray.schema import EYES
+
+log = logging.getLogger(__name__)
+
+# File name suffixes that photographs and masks come with in the supported datasets.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+@dataclass
+class Candidate:
+    """One image an adapter found, before validation."""
+
+    image_id: str
+    path: str
+    """As written in the source: relative to the dataset root, or absolute."""
+    label: str | None
+    """Raw grade text; None or "" when the source gives none."""
+    where: str
+    """Where the record came from (`file:line`, or the image path), for errors rows."""
+    patient_id: str | None = None
+    """None: the image is its own patient."""
+    eye: str | None = None
+    split: str | None = None
+    """Official split of the source (train/val/test), None where it has none."""
+    label_required: bool = True
+    """False where the source publishes no grade for this image (a hidden test set, ungradable)."""
+    masks: dict[str, str] = field(default_factory=dict)
+    """Manifest mask column (`mask_ma` ...) -> mask path, relative to the root or absolute."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A record an adapter could not build; becomes one errors row."""
+
+    source: str
+    stage: str
+    reason: str
+    detail: str
+
+
+def location(path: Path, line: int) -> str:
+    """`file:line` for an errors row."""
+    return f"{path}:{line}"
+
+
+def read_rows(path: Path, delimiter: str = ",") -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """A delimited text file -> (header, [(line number, row), ...]).
+
+    Header names and cells are stripped (IDRiD's headers carry trailing spaces), a UTF-8 BOM is
+    dropped, and blank rows are skipped. Line numbers are those of the file, header = line 1.
+    """
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh, delimiter=delimiter)
+        header = [h.strip() for h in next(reader, [])]
+        rows = []
+        for cells in reader:
+            if any(c.strip() for c in cells):
+                cells = [c.strip() for c in cells] + [""] * (len(header) - len(cells))
+                rows.append((reader.line_num, dict(zip(header, cells))))
+    return header, rows
+
+
+def require_columns(path: Path, header: list[str], columns: list[str]) -> None:
+    """Raise a ValueError naming the file, the missing columns and the ones it has."""
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise ValueError(
+            f"{path} has no column(s) {', '.join(repr(c) for c in missing)}; its columns are "
+            f"{', '.join(repr(h) for h in header) or '(none: empty file)'}. "
+            "Check the file or name the right columns."
+        )
+
+
+def pick_column(header: list[str], names: tuple[str, ...]) -> str | None:
+    """The first of `names` present in `header` (same layout, different releases)."""
+    return next((n for n in names if n in header), None)
+
+
+def index_images(*dirs: Path) -> dict[str, Path]:
+    """Image files directly in `dirs`, by file stem; the first directory wins a clash."""
+    found: dict[str, Path] = {}
+    for d in dirs:
+        if not d.is_dir():
+            continue
+        for p in sorted(d.iterdir()):
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+                found.setdefault(p.stem, p)
+    return found
+
+
+def locate(index: dict[str, Path], name: str, fallback: Path) -> Path:
+    """The indexed file for an image `name` (with or without suffix), else `fallback`.
+
+    A name that is not on disk keeps the fallback path, so the missing file is reported with
+    the path where it was expected.
+    """
+    stem = Path(name).stem if Path(name).suffix.lower() in IMAGE_SUFFIXES else name
+    return index.get(stem) or index.get(name) or fallback
+
+
+def relative(root: Path, path: Path) -> str:
+    """`path` relative to `root` with forward slashes; as given when it is not under the root.
+
+    Purely lexical: a name from a label file may still climb out with `..` or a symlink, which
+    ingest checks on the resolved path.
+    """
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def normalise_eye(text: str | None) -> str | None:
+    """'left'/'L'/'OS' -> 'left', 'right'/'R'/'OD' -> 'right', anything else -> None."""
+    if not text:
+        return None
+    t = text.strip().lower()
+    if t in ("l", "os"):
+        return "left"
+    if t in ("r", "od"):
+        return "right"
+    return t if t in EYES else None
+
+
+def merge_segmentation(graded: list[Candidate], segmented: list[Candidate]) -> list[Candidate]:
+    """Attach the masks of segmentation-set images to graded images of the same id.
+
+    A segmentation image with no graded twin stays a row of its own (label null, not required).
+    """
+    by_id = {c.image_id: c for c in graded}
+    extra = []
+    for s in segmented:
+        twin = by_id.get(s.image_id)
+        if twin is None:
+            extra.append(s)
+        else:
+            twin.masks.update(s.masks)
+    return graded + extra

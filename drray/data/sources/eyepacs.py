@@ -1,0 +1,66 @@
+"""EyePACS, Kaggle Diabetic Retinopathy Detection 2015.
+
+Layout: `trainLabels.csv` (image,level) with `train/{image}.jpeg`; optionally the published
+test grades `retinopathy_solution.csv` (image,level,Usage) with `test/{image}.jpeg`.
+
+- Official split kept: train rows "train" (val is carved from them by patient), solution rows
+  "test" (both Public and Private usage).
+- Names are `{patient}_{left|right}`: `10_left` -> patient "10", eye "left".
+- Without the solution file the test images are not ingested (they have no grades).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Iterator
+
+from drray.data.sources import register
+from drray.data.sources.base import Candidate, Problem, index_images, locate, location, read_rows, relative, require_columns
+from drray.schema import Reason
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^(?P<patient>.+)_(?P<eye>left|right)$", re.IGNORECASE)
+
+_PARTS = (("trainLabels.csv", "train", "train"), ("retinopathy_solution.csv", "test", "test"))
+
+
+def parse_name(name: str) -> tuple[str, str | None]:
+    """`10_left` -> ("10", "left"); a name without the eye suffix is its own patient."""
+    m = _NAME.match(name)
+    return (m["patient"], m["eye"].lower()) if m else (name, None)
+
+
+@register(
+    "eyepacs2015",
+    looked_for="trainLabels.csv (image,level) with train/{image}.jpeg, optionally retinopathy_solution.csv with test/",
+)
+def scan(root: Path, **_options) -> Iterator[Candidate | Problem]:
+    if (root / "test").is_dir() and not (root / "retinopathy_solution.csv").is_file():
+        log.warning("%s: test/ is skipped: its grades (retinopathy_solution.csv) are not in the root", root)
+    for csv_name, folder, split in _PARTS:
+        table = root / csv_name
+        if not table.is_file():
+            continue
+        header, rows = read_rows(table)
+        require_columns(table, header, ["image", "level"])
+        images = index_images(root / folder)
+        for line, row in rows:
+            where = location(table, line)
+            name = row["image"]
+            if not name:
+                yield Problem(where, "ingest", Reason.MISSING_FILE, f"{where}: empty image name, no image to look for")
+                continue
+            patient, eye = parse_name(name)
+            path = locate(images, name, root / folder / f"{name}.jpeg")
+            yield Candidate(
+                image_id=name,
+                path=relative(root, path),
+                label=row["level"],
+                where=where,
+                patient_id=patient,
+                eye=eye,
+                split=split,
+            )

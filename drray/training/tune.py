@@ -1,0 +1,274 @@
+"""Ray Tune search over backbones x learning rates x image sizes x heads (x batch sizes).
+
+Each trial is a small function trainable (fractional CPU) that runs one Ray Train TorchTrainer
+and forwards its per-epoch reports to Tune with `TuneReportCallback`; ASHA stops weak trials by
+epoch, Optuna can replace the grid. The search writes `out/trials.parquet` (one row per trial)
+and exports the best trial's best checkpoint as the model dir `out/model`.
+
+Experiments live at `train.storage_path/tune.name` (local disk by default; S3, GCS or NFS on a
+cluster, any URI pyarrow understands), so an interrupted search resumes with `tune.resume=true`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from drray.config import Config
+from drray.training.train import (
+    MODEL_DIR,
+    SCORE_METRIC,
+    SplitData,
+    build_trainer,
+    check_train_config,
+    export_model,
+    split_datasets,
+    storage_uri,
+    trial_config,
+)
+from drray.training.resources import check_fits, default_concurrency, placement_group_reaper
+from drray.training.trials import run_name
+
+log = logging.getLogger(__name__)
+
+TRIALS_FILE = "trials.parquet"
+SEARCH_KEYS = ("backbone", "head", "lr", "image_size", "batch_size")
+
+
+def search_values(cfg: Config) -> dict[str, list]:
+    """The values each search parameter takes (a single value when the recipe gives one)."""
+    t = cfg.tune
+    return {
+        "backbone": list(t.backbones),
+        "head": list(t.heads),
+        "lr": [float(x) for x in t.lrs],
+        "image_size": [int(x) for x in t.image_sizes],
+        "batch_size": [int(x) for x in t.batch_sizes] or [cfg.train.batch_size],
+    }
+
+
+def check_tune_config(cfg: Config) -> None:
+    """Reject a search that could only fail later, inside trials."""
+    t = cfg.tune
+    values = search_values(cfg)
+    for key, vals in values.items():
+        if not vals:
+            raise ValueError(f"tune: the search over {key} is empty; give at least one value")
+        if len(set(vals)) != len(vals):
+            raise ValueError(f"tune: {key} values repeat ({vals}); each grid point would run twice")
+    bad_heads = [h for h in values["head"] if h not in ("classification", "ordinal")]
+    if bad_heads:
+        raise ValueError(f"tune.heads: {bad_heads} not among 'classification', 'ordinal'")
+    if any(not (lr > 0 and math.isfinite(lr)) for lr in values["lr"]):
+        raise ValueError(f"tune.lrs must be positive numbers, got {values['lr']}")
+    if any(not 16 <= s <= 2048 for s in values["image_size"]):
+        raise ValueError(f"tune.image_sizes must be in 16..2048 pixels, got {values['image_size']}")
+    if any(b < 1 for b in values["batch_size"]):
+        raise ValueError(f"tune.batch_sizes must be >= 1, got {values['batch_size']}")
+    if t.num_samples < 1:
+        raise ValueError(f"tune.num_samples must be >= 1, got {t.num_samples}")
+    if t.mode not in ("max", "min"):
+        raise ValueError(f"tune.mode must be 'max' or 'min', got {t.mode!r}")
+    if t.metric != SCORE_METRIC:
+        raise ValueError(f"tune.metric must be {SCORE_METRIC!r} (the score checkpoints are kept by), got {t.metric!r}")
+    if t.cpus_per_trial_driver < 0:
+        raise ValueError(f"tune.cpus_per_trial_driver must be >= 0, got {t.cpus_per_trial_driver}")
+    if t.max_concurrent_trials is not None and t.max_concurrent_trials < 1:
+        raise ValueError(f"tune.max_concurrent_trials must be >= 1 or null, got {t.max_concurrent_trials}")
+    if t.max_failures < -1:
+        raise ValueError(f"tune.max_failures must be -1 (retry forever), 0 or more, got {t.max_failures}")
+    if t.grace_period < 1 or t.reduction_factor <= 1:
+        raise ValueError(f"tune.grace_period must be >= 1 and tune.reduction_factor > 1, "
+                         f"got {t.grace_period} and {t.reduction_factor}")
+    if t.verbose not in (0, 1, 2):
+        raise ValueError(f"tune.verbose must be 0, 1 or 2, got {t.verbose}")
+    for backbone in values["backbone"]:
+        check_train_config(trial_config(cfg, backbone=backbone))
+
+
+def param_space(cfg: Config) -> dict[str, Any]:
+    """Tune's search space: a grid, or categorical choices for Optuna."""
+    from ray import tune
+
+    values = search_values(cfg)
+    if cfg.tune.search_alg == "optuna":
+        return {k: tune.choice(v) for k, v in values.items()}
+    return {k: tune.grid_search(v) for k, v in values.items()}
+
+
+def run_trial(params: dict[str, Any], *, base: dict[str, Any], manifest: str, data: dict[int, SplitData] | None,
+              storage_path: str, experiment: str) -> None:
+    """Tune function trainable: one TorchTrainer with the trial's parameters, reporting every epoch to Tune."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    cfg = trial_config(Config.from_dict(base), **params)
+    split = data.get(cfg.data.preprocess.image_size) if data else None
+    if split is None:
+        split = split_datasets(manifest, cfg)
+    trial_id = ray.tune.get_context().get_trial_id()
+    # A fixed name per trial: a restored search re-runs this function and Ray Train resumes the run
+    # from its latest checkpoint instead of starting over.
+    trainer = build_trainer(cfg, split, name=run_name(experiment, trial_id), storage_path=storage_path,
+                            callbacks=[TuneReportCallback()])
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+@dataclass
+class TuneResult:
+    """What `tune` wrote: the trials table (best first), the exported model dir and where the experiment is."""
+
+    trials: pd.DataFrame
+    model_dir: Path
+    trials_path: Path
+    experiment_path: str
+    seconds: float
+
+    @property
+    def best(self) -> pd.Series:
+        from drray.training.trials import best_trial
+
+        return best_trial(self.trials)
+
+    def summary(self) -> str:
+        from drray.training.trials import summary
+
+        b = self.best
+        return "\n".join([
+            summary(self.trials),
+            f"best: {b['trial_id']} {b['backbone']} ({b['head']}, {b['image_size']} px, lr {b['lr']:.2g}) "
+            f"val QWK {b['best_val_qwk']:.4f} at epoch {b['best_epoch']}",
+            f"model dir: {self.model_dir}",
+            f"trials: {self.trials_path}",
+            f"experiment: {self.experiment_path} ({self.seconds:.0f}s)",
+        ])
+
+
+def _experiment_name(cfg: Config, storage: str) -> tuple[str, bool]:
+    """(name, restore): restore an existing experiment when asked, never silently mix two searches."""
+    from ray.tune import Tuner
+
+    name = cfg.tune.name
+    path = f"{storage.rstrip('/')}/{name}"
+    can = Tuner.can_restore(path)
+    if cfg.tune.resume:
+        if can:
+            log.info("resuming the search at %s", path)
+            return name, True
+        log.warning("tune.resume is true but there is no experiment to resume at %s; starting a new search there", path)
+        return name, False
+    if can:
+        fresh = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        log.warning("an experiment already exists at %s; starting a new one as %s "
+                    "(to continue the old one instead, run with tune.resume=true)", path, fresh)
+        return fresh, False
+    return name, False
+
+
+def _prepare_data(cfg: Config, manifest: str) -> dict[int, SplitData] | None:
+    """Decode each image size once for every trial (train.materialize), or let trials stream."""
+    if not cfg.train.materialize:
+        return None
+    out = {}
+    for size in search_values(cfg)["image_size"]:
+        t = time.perf_counter()
+        out[size] = split_datasets(manifest, trial_config(cfg, image_size=size))
+        log.info("decoded %s images at %d px in %.1fs", out[size].counts, size, time.perf_counter() - t)
+    return out
+
+
+def build_tuner(cfg: Config, manifest: str, storage: str, name: str, restore: bool,
+                data: dict[int, SplitData] | None):
+    """The Tuner (new, or restored from `storage/name`)."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    t = cfg.tune
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=cfg.to_dict(), manifest=manifest, data=data,
+                             storage_path=storage, experiment=name),
+        {"cpu": t.cpus_per_trial_driver},
+    )
+    if restore:
+        return tune.Tuner.restore(f"{storage.rstrip('/')}/{name}", trainable=trainable,
+                                  resume_unfinished=True, resume_errored=True)
+    import ray
+
+    if t.scheduler == "asha":
+        # max_t one past the last epoch: a trial that reaches the end finishes by itself (a clean
+        # shutdown of its run) instead of being stopped by the scheduler at its last report.
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=cfg.train.epochs + 1, grace_period=t.grace_period,
+                                  reduction_factor=t.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    search_alg = None
+    if t.search_alg == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(seed=cfg.train.seed)
+    concurrency = t.max_concurrent_trials or default_concurrency(cfg, ray.cluster_resources())
+    log.info("tune: %s search, %s scheduler, up to %d trial(s) at a time", t.search_alg, t.scheduler, concurrency)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(cfg),
+        tune_config=tune.TuneConfig(
+            metric=t.metric, mode=t.mode, scheduler=scheduler, search_alg=search_alg,
+            num_samples=t.num_samples, max_concurrent_trials=concurrency,
+            trial_dirname_creator=_trial_dirname, reuse_actors=False,
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, verbose=t.verbose,
+            failure_config=tune.FailureConfig(max_failures=t.max_failures),
+            callbacks=[placement_group_reaper()],
+        ),
+    )
+
+
+def tune(cfg: Config, out: Path, manifest: str | None = None) -> TuneResult:
+    """Search, write `out/trials.parquet`, export the best checkpoint to `out/model`."""
+    import pyarrow.parquet as pq
+    import ray
+
+    from drray.cluster import connect
+    from drray.training.trials import best_trial, to_arrow, trials_table
+
+    check_tune_config(cfg)
+    manifest = str(manifest or cfg.data.manifest)
+    if not Path(manifest).is_file() and "://" not in manifest:
+        raise FileNotFoundError(f"manifest {manifest!r} does not exist; write one with `drray ingest`")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    connect()
+    check_fits(cfg, ray.cluster_resources())
+    start = time.perf_counter()
+    storage = storage_uri(cfg.train.storage_path)
+    name, restore = _experiment_name(cfg, storage)
+    data = _prepare_data(cfg, manifest)
+    tuner = build_tuner(cfg, manifest, storage, name, restore, data)
+    grid = tuner.fit()
+
+    def config_json(params: dict[str, Any]) -> str:
+        keys = {k: params[k] for k in SEARCH_KEYS if k in params}
+        return trial_config(cfg, **keys).to_json()
+
+    df = trials_table(storage, name, config_json, metric=cfg.tune.metric, mode=cfg.tune.mode)
+    trials_path = out / TRIALS_FILE
+    pq.write_table(to_arrow(df), trials_path)
+    best = best_trial(df)
+    model_dir = export_model(best["checkpoint_path"], out / MODEL_DIR)
+    n_err = int((df["status"] == "error").sum())
+    if n_err:
+        log.warning("%d of %d trials failed; their errors are in %s (column `error`)", n_err, len(df), trials_path)
+    return TuneResult(df, model_dir, trials_path, grid.experiment_path, time.perf_counter() - start)
