@@ -1,14 +1,17 @@
 """CAM throughput: forward-only vs drray's fast CAM path vs pytorch-grad-cam, same model, batch and size.
 
-For each model, three measurements run interleaved in one process (forward, fast, library,
-forward, fast, library, ...) so machine noise hits all three alike; the table gives the median
-images per second of each and its ratio to forward-only. Forward-only is the floor a CAM cannot
-beat: `model(x)` under torch.inference_mode. The fast path is `CamEngine(model, method)(x)`
-(predictions, probabilities and full-size maps on the CPU). The library is pytorch-grad-cam's
-class of the same method on the same target layer, predicted-class targets (the maps only).
-Random weights (pretrained=False): throughput does not depend on them.
+For each model and target stride (drray.cam.target_layers: the last map at output stride 8, 16
+or 32; a transformer has its one token grid), three measurements run interleaved in one process
+(forward, fast, library, forward, fast, library, ...) so machine noise hits all three alike; the
+table gives the median images per second of each and its ratio to forward-only. Forward-only is
+the floor a CAM cannot beat: `model(x)` under torch.inference_mode. The fast path is
+`CamEngine(model, method, target_stride=s)(x)` (predictions, probabilities and full-size maps on
+the CPU). The library is pytorch-grad-cam's class of the same method on the same target layer,
+predicted-class targets (the maps only). Random weights (pretrained=False): throughput does not
+depend on them. A finer stride costs more: gradients flow back through more of the network.
 
-    python benchmarks/cam_throughput.py                       # 4 models, 384 px, batch 8, CPU
+    python benchmarks/cam_throughput.py                       # 4 models x 3 strides, 384 px, batch 8, CPU
+    python benchmarks/cam_throughput.py --strides 8 --no-library
     python benchmarks/cam_throughput.py --device cuda --dtype bf16
     python benchmarks/cam_throughput.py --smoke-test          # tiny models, 64 px, 1 round
 
@@ -19,6 +22,7 @@ cannot (it converts activations to numpy), so its column stays float32.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import time
@@ -44,7 +48,15 @@ def timed(fn: Callable[[], object], sync: Callable[[], None]) -> tuple[float, fl
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def measure(name: str, args) -> dict[str, tuple[float, float]]:
+def strides_of(model, wanted: list[int]) -> list[int]:
+    """The wanted strides the model has; a transformer's one token grid whatever was wanted."""
+    from drray.cam.target_layers import stride_layers
+
+    table = stride_layers(model)
+    return [s for s in wanted if s in table] or list(table)[-1:]
+
+
+def measure(model, stride: int, args) -> dict[str, tuple[float, float]]:
     """{path: (images per wall second, images per CPU second)}, medians over the rounds."""
     import pytorch_grad_cam as pgc
     import torch
@@ -53,17 +65,21 @@ def measure(name: str, args) -> dict[str, tuple[float, float]]:
 
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.dtype == "bf16" else None
-    model = build(name, args.size).to(device)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    engine = CamEngine(model, method=args.method, autocast_dtype=dtype)
-    library = getattr(pgc, CAM_METHODS[engine.method].pgc_class)(model, [engine.target_layer], engine.reshape_transform)
+    engine = CamEngine(model, method=args.method, target_stride=stride, autocast_dtype=dtype)
+    library = None
+    if args.library:
+        library = getattr(pgc, CAM_METHODS[engine.method].pgc_class)(model, [engine.target_layer],
+                                                                      engine.reshape_transform)
 
     def forward():
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             return model(x)
 
-    runs = {"forward": forward, "fast": lambda: engine(x), "library": lambda: library(input_tensor=x, targets=None)}
+    runs = {"forward": forward, "fast": lambda: engine(x)}
+    if library is not None:
+        runs["library"] = lambda: library(input_tensor=x, targets=None)
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
     try:
         for _ in range(args.warmup):
@@ -73,7 +89,8 @@ def measure(name: str, args) -> dict[str, tuple[float, float]]:
             for key, fn in runs.items():
                 times[key].append(timed(fn, sync))
     finally:
-        library.activations_and_grads.release()
+        if library is not None:
+            library.activations_and_grads.release()
         engine.close()
     return {k: (args.batch / statistics.median(w for w, _ in v), args.batch / statistics.median(c for _, c in v))
             for k, v in times.items()}
@@ -90,6 +107,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads (CPU)")
+    parser.add_argument("--strides", type=int, nargs="+", default=[8, 16, 32],
+                        help="target strides to measure (a transformer has one: its patch grid)")
+    parser.add_argument("--no-library", dest="library", action="store_false", help="skip pytorch-grad-cam")
     parser.add_argument("--smoke-test", action="store_true", help="tiny timm test models, 64 px, batch 2, 1 round after 1 warm-up")
     args = parser.parse_args()
     if args.smoke_test:
@@ -101,15 +121,18 @@ def main() -> None:
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu, {args.threads} threads"
     print(f"CAM throughput: {args.method}, {args.size}x{args.size} px, batch {args.batch}, {args.dtype}, {where}; "
           f"median of {args.rounds} interleaved rounds")
-    header = (f"{'model':24s} {'forward img/s':>14s} {'fast img/s':>11s} {'fast/fwd':>9s} {'grad-cam img/s':>15s} "
-              f"{'grad-cam/fwd':>13s} {'fast/grad-cam':>14s} {'cpu-time fast/fwd':>18s}")
+    header = (f"{'model':24s} {'stride':>6s} {'forward img/s':>14s} {'fast img/s':>11s} {'fast/fwd':>9s} "
+              f"{'grad-cam img/s':>15s} {'grad-cam/fwd':>13s} {'fast/grad-cam':>14s} {'cpu-time fast/fwd':>18s}")
     print(header)
     print("-" * len(header))
     for name in args.models:
-        r = measure(name, args)
-        (fwd, fwd_cpu), (fast, fast_cpu), (lib, _) = r["forward"], r["fast"], r["library"]
-        print(f"{name:24s} {fwd:14.2f} {fast:11.2f} {fast / fwd:8.2f}x {lib:15.2f} {lib / fwd:12.2f}x "
-              f"{fast / lib:13.2f}x {fast_cpu / fwd_cpu:17.2f}x", flush=True)
+        model = build(name, args.size).to(args.device)
+        for stride in strides_of(model, args.strides):
+            r = measure(model, stride, args)
+            (fwd, fwd_cpu), (fast, fast_cpu) = r["forward"], r["fast"]
+            lib = r["library"][0] if "library" in r else math.nan
+            print(f"{name:24s} {stride:6d} {fwd:14.2f} {fast:11.2f} {fast / fwd:8.2f}x {lib:15.2f} {lib / fwd:12.2f}x "
+                  f"{fast / lib:13.2f}x {fast_cpu / fwd_cpu:17.2f}x", flush=True)
     print("x: ratio of images per second (wall clock); cpu-time: ratio of images per CPU-second of this process, "
           "steadier on a machine shared with other jobs")
 

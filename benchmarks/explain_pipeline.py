@@ -159,9 +159,9 @@ def pipeline(manifest: Path, model_dir: Path, out: Path, methods: list[str], arg
     from drray.explain.pipeline import explain
 
     cam = CamConfig(batch_size=args.batch_size, num_actors=args.actors, cpus_per_actor=args.actor_cpus,
-                    decode_cpus=args.decode_cpus, torch_threads=args.torch_threads)
+                    torch_threads=args.torch_threads)
     start = time.perf_counter()
-    result = explain(manifest, model_dir, out, methods=methods, cam=cam)
+    result = explain(manifest, model_dir, out, methods=methods, cam=cam, decode_cpus=args.decode_cpus)
     return time.perf_counter() - start, result.rows_written
 
 

@@ -6,6 +6,9 @@
     fresh = drray.create_model("resnet50", head="classification")
     with drray.CamEngine(model, method="gradcam") as engine:
         out = engine(batch)
+    result = drray.explain_image("eye.jpg", "runs/demo/model", method="gradcam")
+    drray.explain("runs/demo/manifest.parquet", "runs/demo/model", "runs/demo")   # the batch job
+    table = drray.query("select * from explanations where pred != label", run="runs/demo")
 """
 
 from __future__ import annotations
@@ -23,17 +26,24 @@ _LAZY = {
     "CamEngine": "drray.cam",
     "CAM_METHODS": "drray.cam",
     "Config": "drray.config",
-    "explain": "drray.explain",
+    "Predictor": "drray.inference",
+    "explain_image": "drray.inference",
+    "query": "drray.evaluate.query",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = sorted([*_LAZY, "explain"])
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'drray' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    if name == "explain":
+        # The package drray.explain is itself callable (it runs the batch job), so `drray.explain(...)`
+        # works whether or not a submodule was imported first.
+        value = importlib.import_module("drray.explain")
+    else:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module 'drray' has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 

@@ -1,7 +1,8 @@
 """`drray` command line: each subcommand parses flags, builds a typed config and calls one function.
 
 Every subcommand accepts `--config FILE` (a YAML recipe) and trailing `section.field=value`
-overrides, and prints where it wrote. `python -m drray` is the same CLI.
+overrides, and prints where it wrote. `python -m drray` is the same CLI. Commands that run on
+Ray print one line per step; Ray's own output goes to OUT/logs/drray.log (drray.console).
 """
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 from typing import Callable, Sequence
 
 from drray.config import Config
+from drray.console import Console
 
 log = logging.getLogger("drray")
 
@@ -26,14 +27,30 @@ def _load_config(args: argparse.Namespace) -> Config:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, default=None, help="YAML recipe (configs/*.yaml)")
+    p.add_argument("--config", default=None, help="YAML recipe (configs/*.yaml)")
     p.add_argument("overrides", nargs="*", metavar="section.field=value",
                    help="override a config field, e.g. train.epochs=3")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
+def _quiet_ray_data() -> None:
+    """Ray Data draws a bar per internal operator; the console shows drray's own bar instead."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+
+
+def _disconnect() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 # ---------------------------------------------------------------------------------------- synth
-def cmd_synth(args: argparse.Namespace) -> int:
+def cmd_synth(args: argparse.Namespace, console: Console) -> int:
     from drray.data.ingest import ingest
     from drray.data.synth import generate
 
@@ -44,18 +61,17 @@ def cmd_synth(args: argparse.Namespace) -> int:
         if v is not None:
             setattr(s, name, v)
     s.__post_init__()
-    out = Path(args.out)
-    labels = generate(s, out)
-    result = ingest("synth", out, out, seed=cfg.data.seed, split_fractions=cfg.data.split_fractions,
+    generate(s, args.out)
+    result = ingest("synth", args.out, args.out, seed=cfg.data.seed, split_fractions=cfg.data.split_fractions,
                     max_pixels=cfg.data.max_image_pixels)
-    print(f"wrote {s.n} synthetic photographs ({s.size} px, seed {s.seed}) to {out}/images, masks to {out}/masks")
-    print(f"labels: {labels}")
-    print(result.summary())
+    console.print(f"wrote {s.n} synthetic photographs ({s.size} px, seed {s.seed}) to {args.out}/images, "
+                  f"masks to {args.out}/masks")
+    console.print(result.summary())
     return 0
 
 
 # --------------------------------------------------------------------------------------- ingest
-def cmd_ingest(args: argparse.Namespace) -> int:
+def cmd_ingest(args: argparse.Namespace, console: Console) -> int:
     from drray.data.ingest import NoUsableImages, ingest
 
     cfg = _load_config(args)
@@ -69,93 +85,100 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                         split_fractions=cfg.data.split_fractions, max_pixels=cfg.data.max_image_pixels, **kwargs)
     except NoUsableImages as e:
         raise UsageError(str(e)) from None
-    print(result.summary())
+    console.print(result.summary())
     return 0
 
 
 # ---------------------------------------------------------------------------------- train / tune
-def _manifest_and_out(args: argparse.Namespace, cfg: Config) -> tuple[str, Path]:
+def _manifest_and_out(args: argparse.Namespace, cfg: Config) -> tuple[str, str]:
+    from drray import storage
+
     manifest = args.manifest or cfg.data.manifest
-    if not Path(manifest).is_file() and "://" not in manifest:
+    if not storage.is_file(manifest):
         raise UsageError(f"manifest {manifest!r} does not exist; write one with `drray ingest` or `drray synth`")
     # A run directory holds its manifest, trials, model and explanations side by side.
-    out = Path(args.out) if args.out else Path(manifest).parent
-    return manifest, out
+    return manifest, args.out or _parent(manifest)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _parent(location: str) -> str:
+    import os
+    import posixpath
+
+    from drray import storage
+
+    return posixpath.dirname(location) if storage.is_uri(location) else os.path.dirname(os.path.abspath(location))
+
+
+def cmd_train(args: argparse.Namespace, console: Console) -> int:
     from drray.training.train import train
 
     cfg = _load_config(args)
     manifest, out = _manifest_and_out(args, cfg)
     result = train(cfg, out, manifest)
-    print(result.summary())
+    console.print(result.summary())
     return 0
 
 
-def cmd_tune(args: argparse.Namespace) -> int:
+def cmd_tune(args: argparse.Namespace, console: Console) -> int:
     from drray.training.tune import tune
 
     cfg = _load_config(args)
     manifest, out = _manifest_and_out(args, cfg)
-    result = tune(cfg, out, manifest)
-    print(result.summary())
+    result = tune(cfg, out, manifest, console=console)
+    console.print(result.summary())
     return 0
 
 
 # -------------------------------------------------------------------------------------- explain
-def cmd_explain(args: argparse.Namespace) -> int:
+def cmd_explain(args: argparse.Namespace, console: Console) -> int:
+    from drray import storage
     from drray.explain.pipeline import explain
+    from drray.rundir import RunDir
 
     cfg = _load_config(args)
     manifest, out = _manifest_and_out(args, cfg)
-    model_dir = Path(args.model) if args.model else out / "model"
-    if not (model_dir / "model.json").is_file():
+    model_dir = args.model or RunDir(out).model
+    if not storage.is_file(storage.join(model_dir, "model.json")):
         raise UsageError(f"{str(model_dir)!r} is not a model dir (no model.json); train one with `drray tune`")
     methods = None
     if args.methods is not None:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     split = args.split.split(",") if args.split else None
     result = explain(manifest, model_dir, out, methods=methods, cam=cfg.cam, split=split,
-                     max_pixels=cfg.data.max_image_pixels)
-    print(result.summary())
+                     max_pixels=cfg.data.max_image_pixels, decode_cpus=cfg.data.decode_cpus, console=console)
+    console.print(result.summary())
     return 0
 
 
 # ---------------------------------------------------------------------------------------- query
-def cmd_query(args: argparse.Namespace) -> int:
+def cmd_query(args: argparse.Namespace, console: Console) -> int:
     import duckdb
-    import pandas as pd
 
-    from drray.evaluate.query import query
+    from drray.evaluate.query import query, write_result
 
     try:
         df = query(args.sql, args.run)
     except duckdb.Error as e:
         raise UsageError(str(e)) from None
-    if args.output:
-        out = Path(args.output)
-        df.to_parquet(out) if out.suffix == ".parquet" else df.to_csv(out, index=False)
-        print(f"wrote {len(df)} rows to {out}")
-    else:
-        with pd.option_context("display.max_rows", args.max_rows, "display.width", 200,
-                               "display.max_columns", 30, "display.max_colwidth", 40):
-            print(df.to_string(index=False, max_rows=args.max_rows))
+    console.print(write_result(df, args.format, args.output, args.max_rows))
     return 0
 
+
 # ----------------------------------------------------------------------------------------- demo
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     from drray.demo import run_demo
     from drray.recipes import recipe_path
 
     if args.config is None:
         args.config = recipe_path("synth_demo")
     cfg = _load_config(args)
-    run_demo(cfg, Path(args.out))
+    run_demo(cfg, args.out, console)
     return 0
 
 
+# ------------------------------------------------------------------------------------- the parser
 def build_parser() -> argparse.ArgumentParser:
+    from drray.evaluate.query import FORMATS
     from drray.schema import SOURCES
 
     parser = argparse.ArgumentParser(
@@ -170,9 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="seed (synth.seed)")
     p.add_argument("--out", required=True, help="output directory")
     _add_common(p)
-    p.set_defaults(func=cmd_synth)
+    p.set_defaults(func=cmd_synth, run_dir="out")
 
-    p = sub.add_parser("ingest", help="build manifest.parquet + errors.parquet from a dataset on disk")
+    p = sub.add_parser("ingest", help="build manifest.parquet + ingest_errors.parquet from a dataset on disk")
     p.add_argument("--source", required=True, choices=SOURCES, help="dataset layout")
     p.add_argument("--root", required=True, help="dataset root directory")
     p.add_argument("--out", required=True, help="output directory")
@@ -182,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-column", dest="id_column", default=None, help="csv source: image id column")
     p.add_argument("--patient-column", dest="patient_column", default=None, help="csv source: patient id column")
     _add_common(p)
-    p.set_defaults(func=cmd_ingest)
+    p.set_defaults(func=cmd_ingest, run_dir="out")
 
     for name, func, help_ in (
         ("train", cmd_train, "train one backbone with Ray Train; writes OUT/model"),
@@ -192,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--manifest", default=None, help="manifest.parquet (default data.manifest)")
         p.add_argument("--out", default=None, help="run directory (default: the manifest's folder)")
         _add_common(p)
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, run_dir="manifest_or_out")
 
     p = sub.add_parser("explain", help="predict + CAM + localisation scores over a manifest, into Parquet")
     p.add_argument("--manifest", default=None, help="manifest.parquet (default data.manifest)")
@@ -202,40 +225,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="comma-separated splits to explain (default: all rows)")
     p.add_argument("--out", default=None, help="run directory (default: the manifest's folder)")
     _add_common(p)
-    p.set_defaults(func=cmd_explain)
+    p.set_defaults(func=cmd_explain, run_dir="manifest_or_out")
 
     p = sub.add_parser("query", help="SQL (DuckDB) over a run directory's tables")
     p.add_argument("sql", help="e.g. \"select reason, count(*) from errors group by all\"")
     p.add_argument("--run", default="runs/demo", help="run directory (default runs/demo)")
-    p.add_argument("--output", default=None, help="write the result to a .csv or .parquet file instead")
-    p.add_argument("--max-rows", dest="max_rows", type=int, default=50, help="rows printed (default 50)")
+    p.add_argument("--format", default="table", choices=FORMATS, help="how the result is printed (default table)")
+    p.add_argument("--output", default=None, help="write the result to FILE (.parquet, or text in --format)")
+    p.add_argument("--max-rows", dest="max_rows", type=int, default=50, help="rows printed as a table (default 50)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.set_defaults(func=cmd_query, config=None, overrides=[])
+    p.set_defaults(func=cmd_query, config=None, overrides=[], run_dir=None)
 
     p = sub.add_parser(
         "demo", help="the main job on the built-in synthetic set (recipe: configs/synth_demo.yaml)"
     )
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     _add_common(p)
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo, run_dir="out")
     return parser
+
+
+def _run_dir(args: argparse.Namespace) -> str | None:
+    """The folder whose logs/ gets this command's log file (None: the command writes no run)."""
+    where = getattr(args, "run_dir", None)
+    if where == "out":
+        return args.out
+    if where == "manifest_or_out":
+        if args.out:
+            return args.out
+        from drray import storage
+
+        manifest = args.manifest or Config.from_yaml(args.config, args.overrides).data.manifest
+        return _parent(manifest) if storage.is_file(manifest) else None  # the command says what is missing
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    func: Callable[[argparse.Namespace], int] = args.func
+    verbose = getattr(args, "verbose", False)
+    console = Console()
+    func: Callable[[argparse.Namespace, Console], int] = args.func
     try:
-        return func(args)
-    except (UsageError, ValueError, FileNotFoundError) as e:
-        if getattr(args, "verbose", False):
+        run_dir = _run_dir(args)
+        if run_dir is None:
+            logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                                format="%(levelname)s %(name)s: %(message)s")
+            return func(args, console)
+        with console.capture(run_dir, verbose=verbose):
+            _quiet_ray_data()
+            try:
+                code = func(args, console)
+            finally:
+                _disconnect()  # inside the capture: Ray's last worker lines belong in the log too
+            console.print(f"log: {console.log_path}")
+            return code
+    except (UsageError, ValueError, FileNotFoundError, NotADirectoryError) as e:
+        if verbose:
             raise
         print(f"drray {args.command}: error: {e}", file=sys.stderr)
+        if console.log_path:
+            print(f"drray {args.command}: details in {console.log_path}", file=sys.stderr)
         return 2
 
 

@@ -19,6 +19,8 @@ def connect(num_cpus: int | None = None, **kwargs) -> None:
         log.info("connecting to the Ray cluster at %s", address)
         ray.init(address=address, **kwargs)
     else:
+        # The dashboard serves the State API, which Ray Train's placement-group cleaner polls to see
+        # whether a run's controller is alive; without it the cleaner warns every few seconds.
+        kwargs.setdefault("include_dashboard", True)
         # "local" never attaches to a cluster someone else started with `ray start`.
-        kwargs.setdefault("include_dashboard", False)
         ray.init(address="local", num_cpus=num_cpus, **kwargs)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
-from drray.schema import NUM_GRADES
+from drray.schema import HEADS, NUM_GRADES
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -78,8 +79,10 @@ class DataConfig:
     split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
     """train/val/test shares for sources without an official split."""
     max_image_pixels: int = 64_000_000
-    """Images larger than this are refused (decompression-bomb guard)."""
-    num_cpus_per_decode_task: float = 1.0
+    """Images larger than this are refused (decompression-bomb guard), in every stage alike."""
+    decode_cpus: float = 0.5
+    """CPUs per Ray Data decode task (training, explanation, evaluation): below 1 so decode tasks fit
+    beside the model's actors and workers on small machines."""
 
     def __post_init__(self) -> None:
         if isinstance(self.preprocess, dict):
@@ -88,6 +91,7 @@ class DataConfig:
         _check(len(self.split_fractions) == 3 and abs(sum(self.split_fractions) - 1) < 1e-6,
                f"data.split_fractions must be three shares summing to 1, got {self.split_fractions}")
         _check(self.max_image_pixels > 0, "data.max_image_pixels must be > 0")
+        _check(self.decode_cpus > 0, f"data.decode_cpus must be > 0, got {self.decode_cpus}")
 
 
 @dataclass
@@ -95,7 +99,7 @@ class ModelConfig:
     """Backbone and head."""
 
     backbone: str = "resnet18"
-    """Any timm model name."""
+    """Any name timm.create_model accepts: `resnet50`, `hf-hub:timm/resnet18.a1_in1k`, `local-dir:/path`."""
     head: str = "classification"
     """`classification` (softmax over grades) or `ordinal` (one score, fitted thresholds)."""
     pretrained: bool = False
@@ -107,8 +111,10 @@ class ModelConfig:
     """Module name of the CAM target layer; None resolves it per family."""
 
     def __post_init__(self) -> None:
-        _check(self.head in ("classification", "ordinal"),
-               f"model.head must be 'classification' or 'ordinal', got {self.head!r}")
+        _check(self.head in HEADS, f"model.head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        _check(0 <= self.drop_rate < 1, f"model.drop_rate must be in [0, 1), got {self.drop_rate}")
+        _check(not (self.pretrained and self.pretrained_path),
+               "model.pretrained (timm hub weights) and model.pretrained_path (a local file) are both set; pick one")
 
 
 @dataclass
@@ -129,7 +135,10 @@ class TrainConfig:
     """Class imbalance: `weighted_loss`, `none`."""
     augment: bool = True
     seed: int = 0
-    storage_path: str = "runs/ray_results"
+    storage_path: str | None = None
+    """Where Ray Train / Tune keep runs and checkpoints: a local path, NFS mount or URI (s3://bucket/drray).
+    None keeps them under the command's --out (OUT/ray_results). On a multi-node cluster every node must
+    reach it."""
     limit_train_batches: int | None = None
     warmup_epochs: float = 1.0
     """Linear learning-rate warm-up before the cosine decay."""
@@ -144,10 +153,21 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
-        _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        _check(self.lr > 0 and math.isfinite(self.lr), f"train.lr must be a positive number, got {self.lr}")
         _check(self.num_workers >= 1, f"train.num_workers must be >= 1, got {self.num_workers}")
         _check(self.balance in ("weighted_loss", "none"),
                f"train.balance must be 'weighted_loss' or 'none', got {self.balance!r}")
+        _check(self.cpus_per_worker > 0, f"train.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+        _check(not self.use_gpu or self.gpus_per_worker > 0,
+               f"train.use_gpu is true but train.gpus_per_worker is {self.gpus_per_worker}; give each worker > 0 GPUs")
+        _check(self.max_failures >= -1,
+               f"train.max_failures must be -1 (retry forever), 0 or more, got {self.max_failures}")
+        _check(self.limit_train_batches is None or self.limit_train_batches >= 1,
+               f"train.limit_train_batches must be >= 1 or null, got {self.limit_train_batches}")
+        _check(self.warmup_epochs >= 0, f"train.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        _check(0 <= self.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        _check(self.early_stopping_patience >= 0,
+               f"train.early_stopping_patience must be >= 0 (0: off), got {self.early_stopping_patience}")
 
 
 @dataclass
@@ -167,8 +187,6 @@ class TuneConfig:
     max_concurrent_trials: int | None = None
     cpus_per_trial_driver: float = 0.25
     max_failures: int = 1
-    metric: str = "val_qwk"
-    mode: str = "max"
     name: str = "drray_tune"
     resume: bool = False
     batch_sizes: list[int] = field(default_factory=list)
@@ -181,10 +199,37 @@ class TuneConfig:
     """Tune's progress reporter: 0 silent, 1 status updates, 2 every result."""
 
     def __post_init__(self) -> None:
-        _check(len(self.backbones) > 0, "tune.backbones is empty")
+        for key in ("backbones", "lrs", "image_sizes", "heads", "batch_sizes"):
+            values = getattr(self, key)
+            if isinstance(values, (str, int, float)):
+                values = [values]  # `tune.lrs=0.001` on the command line means a list of one
+            setattr(self, key, list(values))
+            _check(len(set(map(str, getattr(self, key)))) == len(getattr(self, key)),
+                   f"tune.{key} values repeat ({getattr(self, key)}); each grid point would run twice")
+        for key in ("backbones", "lrs", "image_sizes", "heads"):
+            _check(len(getattr(self, key)) > 0, f"tune.{key} is empty; give at least one value")
+        bad_heads = [h for h in self.heads if h not in HEADS]
+        _check(not bad_heads, f"tune.heads: {bad_heads} not among {', '.join(HEADS)}")
+        _check(all(isinstance(x, (int, float)) and x > 0 and math.isfinite(x) for x in self.lrs),
+               f"tune.lrs must be positive numbers, got {self.lrs}")
+        _check(all(isinstance(x, int) and 16 <= x <= 2048 for x in self.image_sizes),
+               f"tune.image_sizes must be whole pixels in 16..2048, got {self.image_sizes}")
+        _check(all(isinstance(x, int) and x >= 1 for x in self.batch_sizes),
+               f"tune.batch_sizes must be integers >= 1, got {self.batch_sizes}")
+        self.lrs = [float(x) for x in self.lrs]
+        _check(self.num_samples >= 1, f"tune.num_samples must be >= 1, got {self.num_samples}")
         _check(self.scheduler in ("asha", "fifo"), f"tune.scheduler must be asha or fifo, got {self.scheduler!r}")
         _check(self.search_alg in ("grid", "optuna"),
                f"tune.search_alg must be grid or optuna, got {self.search_alg!r}")
+        _check(self.cpus_per_trial_driver >= 0,
+               f"tune.cpus_per_trial_driver must be >= 0, got {self.cpus_per_trial_driver}")
+        _check(self.max_concurrent_trials is None or self.max_concurrent_trials >= 1,
+               f"tune.max_concurrent_trials must be >= 1 or null, got {self.max_concurrent_trials}")
+        _check(self.max_failures >= -1,
+               f"tune.max_failures must be -1 (retry forever), 0 or more, got {self.max_failures}")
+        _check(self.grace_period >= 1, f"tune.grace_period must be >= 1, got {self.grace_period}")
+        _check(self.reduction_factor > 1, f"tune.reduction_factor must be > 1, got {self.reduction_factor}")
+        _check(self.verbose in (0, 1, 2), f"tune.verbose must be 0, 1 or 2, got {self.verbose}")
 
 
 @dataclass
@@ -204,16 +249,25 @@ class CamConfig:
     faithfulness: bool = False
     pointing_tolerance: float = 0.02
     """Pointing-game tolerance as a share of the image side."""
-    decode_cpus: float = 0.5
-    """CPUs per decode task of `drray explain`: below 1 so decode tasks fit beside the actors on small machines."""
     torch_threads: int | None = None
     """Torch intra-op threads per explain actor; None keeps Ray's setting (the actor's whole CPUs). More
     threads than CPUs lets the model use cores that decode tasks leave idle."""
     actor_resources: dict[str, float] = field(default_factory=dict)
     """Custom Ray resources each explain actor needs, e.g. {"explainer": 1} to run them on nodes started
     with `ray start --resources='{"explainer": 1}'` only."""
+    target_layer: str | None = None
+    """Dotted module name of the CAM target layer (e.g. `backbone.layer2`); None: by stride or the model card."""
+    target_stride: int | None = None
+    """Output stride of the CAM target layer: 8, 16 or 32 (finer maps land on smaller lesions); None: the model
+    card's layer, else drray's default (drray.cam.target_layers.DEFAULT_TARGET_STRIDE)."""
 
     def __post_init__(self) -> None:
+        _check(self.target_stride is None or (not isinstance(self.target_stride, bool)
+                                              and self.target_stride in (8, 16, 32)),
+               f"cam.target_stride must be 8, 16, 32 or null, got {self.target_stride!r}")
+        _check(self.target_layer is None or self.target_stride is None,
+               f"cam.target_layer ({self.target_layer!r}) and cam.target_stride ({self.target_stride}) are both set; "
+               "set one: a layer name, or a stride to pick the layer by")
         if isinstance(self.methods, str):
             self.methods = [m.strip() for m in self.methods.split(",") if m.strip()]
         self.methods = list(self.methods)
@@ -222,7 +276,6 @@ class CamConfig:
         _check(self.num_actors >= 1, f"cam.num_actors must be >= 1, got {self.num_actors}")
         _check(self.cpus_per_actor >= 0 and self.gpus_per_actor >= 0,
                "cam.cpus_per_actor and cam.gpus_per_actor must be >= 0")
-        _check(self.decode_cpus > 0, f"cam.decode_cpus must be > 0, got {self.decode_cpus}")
         _check(self.torch_threads is None or self.torch_threads >= 1,
                f"cam.torch_threads must be >= 1 or null, got {self.torch_threads}")
         _check(self.overlay_size >= 8, f"cam.overlay_size must be >= 8 pixels, got {self.overlay_size}")
@@ -232,11 +285,44 @@ class CamConfig:
 
 @dataclass
 class ServeConfig:
+    """Live explanations (`drray serve`, serve_config.yaml): limits and batching of the Explainer deployment."""
+
     model_dir: str = "runs/demo/model"
+    """Model dir served (local path or URI)."""
+    host: str = "127.0.0.1"
+    """Address the HTTP proxy binds; 127.0.0.1 keeps the API off the network until you choose otherwise."""
+    port: int = 8000
     num_replicas: int = 1
+    num_cpus: float = 1.0
+    """CPUs per Explainer replica."""
     num_gpus: float = 0.0
-    max_batch_size: int = 8
-    batch_wait_timeout_s: float = 0.05
+    """GPUs per Explainer replica (0: CPU)."""
+    max_batch_size: int = 1
+    """Requests `@serve.batch` groups into one forward pass; 1 turns batching off (on 2 CPU cores batches
+    did not pay: see benchmarks/README.md, serve_latency.py)."""
+    batch_wait_timeout_s: float = 0.01
+    """How long a batch waits to fill before it runs."""
+    max_ongoing_requests: int = 16
+    """Per replica; requests beyond this queue in the proxy."""
+    max_body_mb: float = 20.0
+    """Uploads above this size get HTTP 413 before they are read whole."""
+    max_image_pixels: int = 64_000_000
+    """Decoded images above this many pixels are refused (decompression bombs)."""
+    methods: list[str] = field(default_factory=lambda: ["gradcam", "gradcam++"])
+    """CAM methods a request may ask for; the first is the default."""
+
+    def __post_init__(self) -> None:
+        self.methods = [self.methods] if isinstance(self.methods, str) else list(self.methods)
+        _check(bool(self.model_dir), "serve.model_dir is empty; name a model dir (runs/demo/model)")
+        _check(isinstance(self.port, int) and 0 <= self.port <= 65535, f"serve.port must be 0-65535, got {self.port}")
+        _check(self.num_replicas >= 1, f"serve.num_replicas must be >= 1, got {self.num_replicas}")
+        _check(self.num_cpus >= 0 and self.num_gpus >= 0, "serve.num_cpus and serve.num_gpus must be >= 0")
+        _check(self.max_batch_size >= 1, f"serve.max_batch_size must be >= 1, got {self.max_batch_size}")
+        _check(self.batch_wait_timeout_s >= 0, f"serve.batch_wait_timeout_s must be >= 0, got {self.batch_wait_timeout_s}")
+        _check(self.max_ongoing_requests >= 1, f"serve.max_ongoing_requests must be >= 1, got {self.max_ongoing_requests}")
+        _check(self.max_body_mb > 0, f"serve.max_body_mb must be > 0, got {self.max_body_mb}")
+        _check(self.max_image_pixels > 0, f"serve.max_image_pixels must be > 0, got {self.max_image_pixels}")
+        _check(len(self.methods) > 0, "serve.methods is empty; name at least one CAM method")
 
 
 @dataclass

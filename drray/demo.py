@@ -2,78 +2,71 @@
 
 from __future__ import annotations
 
-import json
-import logging
+import os
 import time
-from pathlib import Path
 
+from drray import storage
 from drray.config import Config
+from drray.console import Console
+from drray.rundir import RunDir
 
-log = logging.getLogger(__name__)
-
-
-def _step(name: str) -> float:
-    print(f"\n== {name}", flush=True)
-    return time.perf_counter()
+STEPS = ("synth", "ingest", "tune", "explain", "evaluate")
 
 
-def _done(start: float, *where: object) -> None:
-    print(f"   {time.perf_counter() - start:.1f}s -> {', '.join(str(w) for w in where)}", flush=True)
-
-
-def run_demo(cfg: Config, out: Path) -> Path:
-    """synth -> ingest -> tune -> test-split metrics -> explain, all into `out` (default runs/demo/)."""
-    from drray.explain.pipeline import explain
+def run_demo(cfg: Config, out: str | os.PathLike, console: Console | None = None) -> RunDir:
+    """synth -> ingest -> tune -> explain -> evaluate, all into `out` (default runs/demo/)."""
     from drray.data.ingest import ingest
     from drray.data.synth import generate
-    from drray.training.train import evaluate, write_json
+    from drray.evaluate.evaluate import evaluate_model
+    from drray.explain.pipeline import explain
     from drray.training.tune import tune
 
+    console = console or Console()
+    run = RunDir(out)
     begin = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    # Keep Ray's trial folders inside the run directory, wherever --out points.
-    cfg.train.storage_path = str((out / "ray_results").resolve())
-    (out / "config.json").write_text(cfg.to_json())
+    storage.make_dirs(run.root)
+    storage.write_text(run.config, cfg.to_json() + "\n")
+    n = len(STEPS)
 
-    t = _step(f"synth: {cfg.synth.n} photographs at {cfg.synth.size} px (seed {cfg.synth.seed})")
-    data_dir = out / "synth"
-    generate(cfg.synth, data_dir)
-    _done(t, data_dir)
+    step = console.step(1, n, "synth", f"{cfg.synth.n} photographs at {cfg.synth.size} px (seed {cfg.synth.seed})")
+    generate(cfg.synth, run.synth)
+    step.done("done", run.synth)
 
-    t = _step("ingest")
-    ingested = ingest("synth", data_dir, out, seed=cfg.data.seed, split_fractions=cfg.data.split_fractions,
+    step = console.step(2, n, "ingest", "manifest, patient-level splits")
+    ingested = ingest("synth", run.synth, run.root, seed=cfg.data.seed, split_fractions=cfg.data.split_fractions,
                       max_pixels=cfg.data.max_image_pixels)
-    print(ingested.summary())
-    _done(t, ingested.manifest_path, ingested.errors_path)
-    manifest = str(ingested.manifest_path)
+    splits = ", ".join(f"{s} {ingested.n_by_split.get(s, 0)}" for s in ("train", "val", "test"))
+    step.done(f"{ingested.n_rows} images ({splits}), {ingested.n_errors} errors", run.manifest)
 
-    t = _step(f"tune: {', '.join(cfg.tune.backbones)} x heads {cfg.tune.heads} x lr {cfg.tune.lrs}")
-    tuned = tune(cfg, out, manifest)
-    print(tuned.summary())
-    _done(t, tuned.trials_path, tuned.model_dir)
+    t = cfg.tune
+    step = console.step(3, n, "tune", f"{', '.join(t.backbones)} x {', '.join(t.heads)} head x lr "
+                                      f"{', '.join(f'{x:g}' for x in t.lrs)}, {cfg.train.epochs} epochs")
+    tuned = tune(cfg, run.root, run.manifest, console=console)
+    b = tuned.best
+    step.done(f"best {b['backbone']} ({b['head']}): val QWK {b['best_val_qwk']:.3f} at epoch {b['best_epoch']} "
+              f"of {len(tuned.trials)} trials", run.trials, run.model)
 
-    t = _step("test split: metrics of the best model")
-    metrics = evaluate(tuned.model_dir, manifest, split="test")
-    write_json(out / "test_metrics.json", metrics)
-    print(f"   test QWK {metrics['qwk']:.3f} (95% CI {metrics['qwk_ci_low']:.3f}-{metrics['qwk_ci_high']:.3f}) "
-          f"on {metrics['n']} images; accuracy {metrics['accuracy']:.3f}; "
-          f"referable AUC {_fmt(metrics.get('referable_auc'))}")
-    _done(t, out / "test_metrics.json")
+    step = console.step(4, n, "explain", f"test split, {', '.join(cfg.cam.methods)}")
+    explained = explain(run.manifest, run.model, run.root, cam=cfg.cam, split="test",
+                        max_pixels=cfg.data.max_image_pixels, decode_cpus=cfg.data.decode_cpus, console=console)
+    errors = sum(explained.errors.values())
+    step.done(f"{explained.rows_written} rows for {explained.images} images, {errors} errors "
+              f"({explained.images / max(explained.seconds, 1e-9):.1f} images/s)", run.explanations)
 
-    t = _step(f"explain: test split, methods {', '.join(cfg.cam.methods)}")
-    explained = explain(manifest, tuned.model_dir, out, cam=cfg.cam, split="test",
-                        max_pixels=cfg.data.max_image_pixels)
-    print(explained.summary())
-    _done(t, explained.explanations_dir)
+    step = console.step(5, n, "evaluate", "the best model on the test split")
+    metrics = evaluate_model(run.model, run.manifest, split="test", max_pixels=cfg.data.max_image_pixels,
+                             num_cpus=cfg.data.decode_cpus)
+    storage.write_json(run.metrics_json, metrics)
+    step.done(f"QWK {metrics['qwk']:.3f} (95% CI {metrics['qwk_ci_low']:.3f}-{metrics['qwk_ci_high']:.3f}) on "
+              f"{metrics['n']} images; referable AUC {_fmt(metrics.get('referable_auc'))}", run.metrics_json)
 
     total = time.perf_counter() - begin
-    (out / "demo_summary.json").write_text(json.dumps(
-        {"seconds": round(total, 1), "test_qwk": metrics["qwk"], "test_images": metrics["n"],
-         "model_id": explained.model_id}, indent=2))
-    print(f"\ndemo finished in {total / 60:.1f} min; run directory {out}/")
-    print(f"   query it: duckdb -c \"select cam_method, avg(pointing_hit::int) from "
-          f"read_parquet('{out}/explanations/**/*.parquet', hive_partitioning=true) where label >= 1 group by 1\"")
-    return out
+    storage.write_json(run.summary, {"seconds": round(total, 1), "test_qwk": metrics["qwk"],
+                                     "test_images": metrics["n"], "model_id": explained.model_id})
+    console.print(f"demo finished in {total / 60:.1f} min; run directory {run.root}")
+    console.print(f"query it: drray query \"select cam_method, avg(pointing_hit::int) as hit from explanations "
+                  f"where label >= 1 group by 1\" --run {run.root}")
+    return run
 
 
 def _fmt(x: object) -> str:

@@ -13,8 +13,12 @@ NUM_GRADES = 5
 GRADES = (0, 1, 2, 3, 4)
 GRADE_NAMES = ("no DR", "mild NPDR", "moderate NPDR", "severe NPDR", "proliferative DR")
 REFERABLE_MIN_GRADE = 2  # referable DR: moderate NPDR or worse
+REFERABLE_THRESHOLD = 0.5
+"""P(grade >= 2) at or above which an image is flagged referable (reports, serving, sensitivity/specificity)."""
 
 SPLITS = ("train", "val", "test")
+HEADS = ("classification", "ordinal")
+"""Grading heads: softmax over 5 grades, or one ordinal score cut by fitted thresholds."""
 EYES = ("left", "right")
 
 # Lesion masks: microaneurysms, haemorrhages, hard exudates, soft exudates (cotton-wool
@@ -39,6 +43,7 @@ class Reason:
     LABEL_OUT_OF_RANGE = "label_out_of_range"
     DUPLICATE_ID = "duplicate_id"
     PATH_OUTSIDE_ROOT = "path_outside_root"
+    BAD_IMAGE_ID = "bad_image_id"  # an id that must be a file name in one folder has path parts
     MASK_MISSING = "mask_missing"
     MASK_UNREADABLE = "mask_unreadable"
     NO_FUNDUS = "no_fundus"
@@ -93,9 +98,31 @@ EXPLANATIONS_SCHEMA = pa.schema(
         pa.field("energy_in_lesions", pa.float32()),
         *[pa.field(f"energy_{t}", pa.float32()) for t in LESION_TYPES],
         pa.field("od_energy", pa.float32()),
-        pa.field("overlay_png", pa.binary()),
+        pa.field("lesion_area", pa.float32()),  # lesion pixels / field-of-view pixels, null without masks
+        pa.field("chance_hit", pa.float32()),  # share of the field within tolerance of a lesion: a random peak's score
+        pa.field("quality_ok", pa.bool_()),  # False: no fundus found, a centre crop was explained
+        pa.field("cam_layer", pa.string()),  # the target layer the map was computed at
+        pa.field("road_score", pa.float32()),  # ROAD faithfulness (cam.faithfulness), null when off
+        pa.field("deletion_auc", pa.float32()),  # cam.faithfulness: score as the most relevant pixels go (lower: faithful)
+        pa.field("insertion_auc", pa.float32()),  # cam.faithfulness: score as they come back (higher: faithful)
+        pa.field("overlay_png", pa.binary()),  # thumbnail: the map over the colour photograph, cropped to the fundus
     ]
 )
+"""The explanations table; `dataset` and `split` are also its hive partition columns."""
+
+EXPLAIN_ERRORS_SCHEMA = pa.schema(
+    list(ERRORS_SCHEMA)
+    # The keys that let a rerun skip what already failed for this model.
+    + [pa.field(c, pa.string()) for c in ("image_id", "dataset", "split", "model_id", "cam_method")]
+)
+"""explain_errors/: images `drray explain` could not read or explain."""
+
+EXPLAIN_STREAM_SCHEMA = pa.schema(
+    list(EXPLANATIONS_SCHEMA)
+    + [f for f in EXPLAIN_ERRORS_SCHEMA if f.name not in EXPLANATIONS_SCHEMA.names]
+)
+"""What explain actors emit: explanation rows, and error rows where `reason` is not null (one stream,
+so the sink writes both tables and no image is lost between them)."""
 
 TRIALS_SCHEMA = pa.schema(
     [
@@ -110,6 +137,12 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("status", pa.string()),
         pa.field("checkpoint_path", pa.string()),
         pa.field("config_json", pa.string()),
+        pa.field("best_epoch", pa.int32()),
+        pa.field("val_accuracy", pa.float64()),
+        pa.field("val_referable_auc", pa.float64()),
+        pa.field("score_method", pa.string()),  # how best_val_qwk was obtained (see drray.training.loop)
+        pa.field("seconds", pa.float64()),
+        pa.field("error", pa.string()),
     ]
 )
 

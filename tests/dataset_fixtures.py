@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,14 @@ def write_truncated(path: Path) -> Path:
     return path
 
 
+def write_truncated_jpeg(path: Path) -> Path:
+    """A noisy 400x300 JPEG cut at 60%: ingest's probe decodes JPEGs at 1/8 and must still notice."""
+    data = encode(np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data[: len(data) * 6 // 10])
+    return path
+
+
 def write_corrupt(path: Path) -> Path:
     """A deflate TIFF whose header is intact and whose compressed strip is zeros."""
     buf = io.BytesIO()
@@ -77,6 +86,24 @@ def write_corrupt(path: Path) -> Path:
     data[8:first_ifd] = bytes(first_ifd - 8)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(bytes(data))
+    return path
+
+
+def write_huge_png(path: Path, width: int = 30_000, height: int = 30_000) -> Path:
+    """A valid all-black 1-bit PNG of width x height, written row by row in a few hundred KB.
+
+    Nothing of its size is ever held in memory: the zlib stream is fed one row at a time.
+    """
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    row = bytes(1 + (width + 7) // 8)  # filter byte 0, then 8 pixels a byte, all 0
+    z = zlib.compressobj(9)
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
     return path
 
 
@@ -230,3 +257,30 @@ def make_csv(root: Path, n: int = 5) -> dict:
         expected[f"site{i % 2}/img{i}"] = {"label": i % 5, "patient_id": f"pt{i // 2}"}
     write_csv(root / "labels.csv", ["path", "label", "patient"], rows)
     return expected
+
+
+# ---------------------------------------------------------------------- large photographs
+def large_fundus(width: int = 3888, height: int = 2592, disc: int | None = None, seed: int = 0) -> np.ndarray:
+    """A camera-sized photograph: scikit-image's retina enlarged to a `disc`-px field (default: the
+    height) centred on a black frame, with a little sensor noise. (height, width, 3) uint8."""
+    import cv2
+    import skimage.data
+
+    d = disc or height
+    field = cv2.resize(skimage.data.retina(), (d, d), interpolation=cv2.INTER_CUBIC)
+    canvas = np.zeros((max(height, d), max(width, d), 3), np.uint8)
+    y0, x0 = (canvas.shape[0] - d) // 2, (canvas.shape[1] - d) // 2
+    canvas[y0:y0 + d, x0:x0 + d] = field
+    y0, x0 = (canvas.shape[0] - height) // 2, (canvas.shape[1] - width) // 2
+    img = canvas[y0:y0 + height, x0:x0 + width].astype(np.int16)
+    img += np.random.default_rng(seed).integers(-2, 3, img.shape, dtype=np.int16)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def encode(img: np.ndarray, fmt: str = "JPEG", **kwargs) -> bytes:
+    """An (H, W, 3) or (H, W) uint8 array as encoded bytes (JPEG quality 92 unless given)."""
+    if fmt == "JPEG":
+        kwargs.setdefault("quality", 92)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, fmt, **kwargs)
+    return buf.getvalue()

@@ -18,6 +18,9 @@ import torch
 from torch import nn
 
 from drray.cam import CAM_METHODS, CamEngine, frozen_eval, get_method
+from drray.cam.target_layers import DEFAULT_TARGET_STRIDE, stride_layers
+
+pytestmark = pytest.mark.timeout(120)
 
 SIZE = 96
 FAMILIES = {
@@ -247,7 +250,9 @@ def test_ordinal_and_classification_drray_models():
     x = images(3, size=64)
     with CamEngine(ordinal) as engine:
         out = engine(x)
-        assert engine.target_layer_name == "backbone.layer4.0"
+        default_layer = stride_layers(ordinal.backbone)[DEFAULT_TARGET_STRIDE][0]
+        assert engine.target_layer_name == f"backbone.{default_layer}"
+        assert engine.target_stride == DEFAULT_TARGET_STRIDE
         score = engine(x, target="score")
         grade = engine(x, target=1)
     assert out["logits"].shape == (3, 1) and out["targets"].tolist() == [-1, -1, -1]
@@ -287,6 +292,46 @@ def test_layer_choices_and_callers_in_inference_mode():
     torch.testing.assert_close(inside["cams"], by_module(x)["cams"])
     with pytest.raises(ValueError, match="not a submodule"):
         CamEngine(model, target_layer=nn.Linear(2, 2))
+
+
+def test_target_stride_picks_the_layer_and_the_map_resolution():
+    model = family_model("resnet")
+    x = images(2)
+    sides = {}
+    for stride, layer in ((8, model.layer2), (16, model.layer3), (32, model.layer4[0])):
+        engine = CamEngine(model, target_stride=stride)
+        assert engine.target_layer is layer and engine.target_stride == stride
+        assert f"target_stride={stride}" in repr(engine)
+        handle = layer.register_forward_hook(lambda _m, _i, out, s=stride: sides.update({s: out.shape[-1]}))
+        try:
+            assert engine(x)["cams"].shape == (2, SIZE, SIZE)  # maps come from that layer's grid, upsampled
+        finally:
+            handle.remove()
+    assert sides == {8: 12, 16: 6, 32: 3}
+    assert CamEngine(model).target_stride == DEFAULT_TARGET_STRIDE
+    named = CamEngine(model, target_layer="layer3", target_stride=8)  # a named layer wins over a stride
+    assert named.target_layer is model.layer3 and named.target_stride == 16
+    assert CamEngine(model, target_layer="layer3.0.conv1").target_stride is None  # not a stage: unknown
+    vit = CamEngine(family_model("vit"))
+    assert vit.target_stride == 16 and vit.target_layer_name.endswith("norm1")
+    with pytest.raises(ValueError, match="transformer.*stride 16"):
+        CamEngine(family_model("vit"), target_stride=8)
+    with pytest.raises(ValueError, match="no stride-64 feature map.*2, 4, 8, 16, 32"):
+        CamEngine(model, target_stride=64)
+
+
+def test_drray_model_card_stride_and_layer():
+    from drray.models.model import create_model
+
+    model = create_model("test_convnext", head="classification", image_size=64).eval()
+    model.card.cam_target_stride = 16
+    engine = CamEngine(model)
+    assert engine.target_layer_name == "backbone.stages.2" and engine.target_stride == 16
+    assert CamEngine(model, target_stride=32).target_layer_name == "backbone.stages.3"
+    model.card.cam_target_layer = "stages.1"
+    assert CamEngine(model).target_layer_name == "backbone.stages.1"
+    out = CamEngine(model)(images(2, size=64))
+    assert out["cams"].shape == (2, 64, 64) and torch.isfinite(out["cams"]).all()
 
 
 def test_clear_errors():

@@ -2,13 +2,16 @@
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
+import dataset_fixtures as fx
+import drray.data.dataset as dataset
 from drray.config import PreprocessConfig
-from drray.data.dataset import build_dataset, decode_batch, mask_bits, unpack_mask
+from drray.data.dataset import build_dataset, decode_batch, decode_record, mask_bits, unpack_mask
 from drray.schema import MASK_COLUMNS, MASK_TYPES, Reason
 
 SIZE = 64
@@ -86,3 +89,58 @@ def test_build_dataset_streams_rows(ray_session, manifest: pd.DataFrame):
 def test_build_dataset_empty_split_is_clear(manifest: pd.DataFrame):
     with pytest.raises(ValueError, match="no rows in manifest"):
         build_dataset(manifest, PreprocessConfig(image_size=SIZE), split="test")
+
+
+@pytest.fixture
+def scales_used(monkeypatch) -> list[int]:
+    """The scale of every decode `decode_record` makes, in order."""
+    used: list[int] = []
+    real = dataset.decode_photo
+
+    def spy(*args, **kwargs):
+        photo = real(*args, **kwargs)
+        used.append(photo.scale)
+        return photo
+
+    monkeypatch.setattr(dataset, "decode_photo", spy)
+    return used
+
+
+def _box(d) -> tuple[int, int, int]:
+    return d.geometry["box_y0"], d.geometry["box_x0"], d.geometry["box_side"]
+
+
+def test_reduced_jpeg_keeps_masks_aligned(tmp_path: Path, scales_used):
+    img = fx.large_fundus(3888, 2592)
+    mask = np.zeros(img.shape[:2], np.uint8)
+    cv2.circle(mask, (1500, 1700), 40, 255, -1)  # a haemorrhage, drawn dark into the photograph
+    img[mask > 0] = (45, 8, 6)
+    photo, mask_path = tmp_path / "eye.jpg", tmp_path / "eye_he.png"
+    photo.write_bytes(fx.encode(img))
+    Image.fromarray(mask).save(mask_path)  # masks stay PNGs at full resolution
+    cfg = PreprocessConfig(image_size=256)
+    got = decode_record(str(photo), cfg, {"he": str(mask_path)})
+    ref = decode_record(str(photo), cfg, {"he": str(mask_path)}, full_resolution=True)
+    assert scales_used == [4, 1] and got.error_reason == ""
+    for d in (got, ref):  # the original size, whatever the decode
+        assert (d.geometry["orig_h"], d.geometry["orig_w"]) == (2592, 3888)
+    assert max(abs(a - b) for a, b in zip(_box(got), _box(ref))) <= 1
+    he, he_ref = unpack_mask(got.masks, "he"), unpack_mask(ref.masks, "he")
+    assert (he & he_ref).sum() / (he | he_ref).sum() >= 0.9
+    lum = got.image.astype(float).sum(axis=2)
+    assert lum[he].mean() < 0.5 * lum[(lum > 60) & ~he].mean()  # the mask lies on the dark lesion
+    assert np.abs(got.image.astype(float) - ref.image).mean() <= 1.0
+
+
+def test_small_fundus_is_decoded_again_finer(tmp_path: Path, scales_used):
+    # A 1200-px field in a 4000x3000 frame: 1/4 leaves its crop 300 px for a 384-px network,
+    # 1/2 gives it 600 (at least 1.25 x 384, as the first guess meant to).
+    photo = tmp_path / "small.jpg"
+    photo.write_bytes(fx.encode(fx.large_fundus(4000, 3000, disc=1200)))
+    cfg = PreprocessConfig(image_size=384)
+    got = decode_record(str(photo), cfg)
+    ref = decode_record(str(photo), cfg, full_resolution=True)
+    assert scales_used == [4, 2, 1]
+    assert got.geometry["box_side"] / 2 >= 1.25 * 384 and got.geometry["quality_ok"]
+    assert max(abs(a - b) for a, b in zip(_box(got), _box(ref))) <= 1
+    assert np.abs(got.image.astype(float) - ref.image).mean() <= 1.0

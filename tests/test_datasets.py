@@ -237,3 +237,94 @@ def test_csv_missing_column_is_a_clear_error(tmp_path):
     fx.make_csv(tmp_path / "c")
     with pytest.raises(ValueError, match=r"labels.csv has no column\(s\) 'grade'; its columns are 'path', 'label'"):
         ingest("csv", tmp_path / "c", tmp_path / "out", label_column="grade")
+
+
+# ------------------------------------------------------------ ids that are file names
+# In these layouts an image id is a file name or stem joined to the image folder of its split. A
+# name with path parts must become an errors row, never a file read from another folder or split.
+# Each builder makes the tree, appends a row naming `name` (when given) and returns where that row
+# is, with names of real files elsewhere in the tree: `other` relative to the image folder, `abs`
+# relative to the root (both as the layout writes names), and `stem`, an image of the same folder.
+def _bad_aptos(root: Path, name: str | None):
+    fx.make_aptos(root)
+    if name is not None:
+        with (root / "train.csv").open("a") as fh:
+            fh.write(f"{name},2\n")
+    return root / "train.csv", 6, {"other": "../test_images/t000", "abs": "test_images/t000", "stem": "a000"}
+
+
+def _bad_eyepacs(root: Path, name: str | None):
+    fx.make_eyepacs(root)
+    if name is not None:
+        with (root / "trainLabels.csv").open("a") as fh:
+            fh.write(f"{name},3\n")
+    return root / "trainLabels.csv", 8, {"other": "../test/1_left", "abs": "test/1_left", "stem": "10_left"}
+
+
+def _bad_messidor(root: Path, name: str | None):
+    fx.make_messidor(root)
+    fx.write_image(root / "elsewhere" / "IM000009.png")  # inside the root, outside IMAGES/
+    if name is not None:
+        with (root / "messidor_data.csv").open("a") as fh:
+            fh.write(f"{name},1,0,1\n")
+    return root / "messidor_data.csv", 6, {"other": "../elsewhere/IM000009.png", "abs": "elsewhere/IM000009.png",
+                                           "stem": "IM000001.JPG"}
+
+
+def _bad_idrid(root: Path, name: str | None):
+    fx.make_idrid(root)
+    # A testing-set photograph no testing label names: a training row must not pull it in.
+    testing = f"{fx.IDRID_B}/1. Original Images/b. Testing Set"
+    fx.write_image(root / testing / "IDRiD_009.jpg")
+    table = root / fx.IDRID_B / "2. Groundtruths" / "a. IDRiD_Disease Grading_Training Labels.csv"
+    if name is not None:
+        with table.open("a") as fh:
+            fh.write(f'"{name}",2,0,,\n')
+    return table, 5, {"other": "../b. Testing Set/IDRiD_009", "abs": f"{testing}/IDRiD_009", "stem": "IDRiD_001"}
+
+
+def _bad_ddr(root: Path, name: str | None):
+    fx.make_ddr(root)
+    if name is not None:
+        with (root / "DR_grading" / "train.txt").open("a") as fh:
+            fh.write(f"{name} 3\n")
+    # Before names were checked, the test image came in as a train row and its own row was a duplicate.
+    return root / "DR_grading" / "train.txt", 4, {"other": "../test/009-0001-100.jpg",
+                                                  "abs": "DR_grading/test/009-0001-100.jpg", "stem": "007-1235-100.jpg"}
+
+
+BAD_ID_LAYOUTS = {"aptos2019": _bad_aptos, "eyepacs2015": _bad_eyepacs, "messidor2": _bad_messidor,
+                  "idrid": _bad_idrid, "ddr": _bad_ddr}
+BAD_NAMES = {
+    "parent": lambda n, root: n["other"],
+    "backslashes": lambda n, root: n["other"].replace("/", "\\"),
+    "subfolder": lambda n, root: f"sub/{n['stem']}",
+    "absolute": lambda n, root: str(root / n["abs"]),
+    "drive": lambda n, root: f"C:\\x\\{n['stem']}",
+    "drive_relative": lambda n, root: f"C:{n['stem']}",
+    "dotdot": lambda n, root: "..",
+}
+_COMPARED = ["image_id", "label", "split", "patient_id", "eye", "width", "height"]
+
+
+@pytest.mark.parametrize("kind", list(BAD_NAMES))
+@pytest.mark.parametrize("source", list(BAD_ID_LAYOUTS))
+def test_id_with_path_parts_is_an_error_row(tmp_path, source, kind):
+    build = BAD_ID_LAYOUTS[source]
+    _, _, names = build(tmp_path / "clean", None)
+    _, expected, _ = run(source, tmp_path / "clean", tmp_path / "out_clean")
+    root = tmp_path / "data"
+    name = BAD_NAMES[kind](names, root)
+    table, line, _ = build(root, name)
+    _, df, errors = run(source, root, tmp_path / "out")
+    assert errors[["source", "stage", "reason"]].values.tolist() == [[f"{table}:{line}", "ingest", "bad_image_id"]]
+    assert repr(name) in errors["detail"][0] and "Fix the name" in errors["detail"][0]
+    # Not a manifest row, and every other row exactly as in the same tree without it.
+    assert df[_COMPARED].reset_index(drop=True).equals(expected[_COMPARED].reset_index(drop=True))
+
+
+def test_file_names_that_are_fine_are_not_refused():
+    from drray.data.sources.base import not_a_file_name
+
+    for ok in ("a000", "IM000001.JPG", "20051020_43808_0100_PP.png", "10_left", "007-1234-100.jpg", "x.y.z", "..a"):
+        assert not_a_file_name(ok) is None, ok

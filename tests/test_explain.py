@@ -27,9 +27,9 @@ from PIL import Image
 from drray.config import CamConfig, PreprocessConfig
 from drray.data.dataset import mask_bits
 from drray.explain.pipeline import ExplainResult, plan_work
-from drray.explain.actor import EXPLANATION_ROW_SCHEMA, ROW_SCHEMA, map_scores, shrink_map
+from drray.evaluate.map_scores import map_scores, shrink_map
 from drray.cam.overlay import blend, overlay_png
-from drray.schema import MASK_COLUMNS, Reason
+from drray.schema import EXPLAIN_STREAM_SCHEMA, EXPLANATIONS_SCHEMA, MASK_COLUMNS, Reason
 
 SIZE = 64  # network input of the pipeline tests
 
@@ -119,7 +119,7 @@ def read_explanations(out: Path) -> pa.Table:
 
 
 def read_errors(out: Path) -> pa.Table:
-    d = out / "errors"
+    d = out / "explain_errors"
     if not d.is_dir() or not any(d.glob("*.parquet")):
         return pa.table({"image_id": pa.array([], pa.string())})
     return pads.dataset(d, format="parquet").to_table()
@@ -219,14 +219,14 @@ def test_explainer_isolates_the_image_the_model_fails_on(tmp_path):
 
     save_tiny_model(tmp_path / "model")
     explainer = Explainer(str(tmp_path / "model"), ["gradcam"], CamConfig(cam_size=8, overlay_size=16))
-    real_forward = explainer._forward
+    real_explain = explainer.predictor.explain
 
-    def forward_failing_on_black(images):
+    def explain_failing_on_black(images):
         if (images.reshape(len(images), -1).max(axis=1) == 0).any():
             raise RuntimeError("non-finite activations")
-        return real_forward(images)
+        return real_explain(images)
 
-    explainer._forward = forward_failing_on_black
+    explainer.predictor.explain = explain_failing_on_black
     batch = _decoded_batch(4, SIZE)
     batch["image"][2] = 0
     batch["error_reason"][3], batch["error_detail"][3] = Reason.CORRUPT_IMAGE, "bad bytes"
@@ -261,11 +261,11 @@ def test_plan_work_skips_done_rows_and_failed_images():
 # ------------------------------------------------------------------------------------- sink
 def _rows(ids: list[str], reasons: list[str | None]) -> pa.Table:
     n = len(ids)
-    cols = {name: [None] * n for name in ROW_SCHEMA.names}
+    cols = {name: [None] * n for name in EXPLAIN_STREAM_SCHEMA.names}
     cols.update(image_id=ids, dataset=["synth"] * n, split=["test"] * n, model_id=["m"] * n,
                 cam_method=["gradcam"] * n, reason=reasons, stage=["decode" if r else None for r in reasons],
                 source=[f"{i}.png" for i in ids])
-    return pa.Table.from_pydict(cols, schema=ROW_SCHEMA)
+    return pa.Table.from_pydict(cols, schema=EXPLAIN_STREAM_SCHEMA)
 
 
 @pytest.mark.timeout(30)
@@ -283,7 +283,7 @@ def test_write_part_splits_rows_and_a_retried_task_replaces_its_files(tmp_path):
     assert errors["image_id"].to_pylist() == ["b"] and errors["reason"].to_pylist() == [Reason.CORRUPT_IMAGE]
     assert not (tmp_path / ".staging" / "run1-000003").exists()
     files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.parquet"))
-    assert files == ["errors/part-run1-000003.parquet",
+    assert files == ["explain_errors/part-run1-000003.parquet",
                      "explanations/dataset=synth/split=test/part-run1-000003-0.parquet"]
 
 
@@ -337,7 +337,7 @@ def test_explain_writes_the_schema_errors_and_reruns_idempotently(ray_session, f
 
     # Schema: every column of the design with its type (partition columns come back as strings).
     table = read_explanations(out)
-    for f in EXPLANATION_ROW_SCHEMA:
+    for f in EXPLANATIONS_SCHEMA:
         assert table.schema.field(f.name).type == f.type, f.name
     assert sorted(Counter(_keys(out)).values()) == [1] * (2 * good)
     assert "img004" not in set(table["image_id"].to_pylist())

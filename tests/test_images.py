@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drray.data.images import ImageError, decode_rgb, probe, read_mask, read_rgb
+import dataset_fixtures as fx
+from drray.data.images import ImageError, decode_photo, decode_rgb, draft_scale, probe, read_mask, read_photo, read_rgb
 from drray.schema import Reason
 
 
@@ -135,3 +136,94 @@ def test_read_mask_reasons(tmp_path: Path):
     with pytest.raises(ImageError) as e:
         read_mask(bad)
     assert e.value.reason == Reason.MASK_UNREADABLE
+
+
+# ------------------------------------------------------------------ PIL's own limit
+def test_huge_png_is_too_large_not_corrupt(tmp_path: Path):
+    # 30000x30000: PIL's own bomb check (2 x 89.5 Mpx) fired inside Image.open and made it corrupt_image.
+    p = fx.write_huge_png(tmp_path / "huge.png")
+    assert p.stat().st_size < 1_000_000  # a real PNG, cheap to write and never decoded here
+    for read in (read_rgb, probe, lambda q: read_photo(q, min_side=300)):
+        with pytest.raises(ImageError) as e:
+            read(p)
+        assert e.value.reason == Reason.IMAGE_TOO_LARGE and "30000x30000" in e.value.detail
+
+
+def test_drrays_limit_decides_not_pils(monkeypatch):
+    rgb, _ = _disc(size=64)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL would refuse 4096 px as a bomb
+    assert decode_rgb(_png(rgb), "ok.png", max_pixels=10_000).shape == (64, 64, 3)
+    assert Image.MAX_IMAGE_PIXELS == 1000  # put back after the call
+    with pytest.raises(ImageError) as e:
+        decode_rgb(_png(rgb), "big.png", max_pixels=4000)
+    assert e.value.reason == Reason.IMAGE_TOO_LARGE and Image.MAX_IMAGE_PIXELS == 1000
+
+
+# ------------------------------------------------------------------ reduced decoding
+def _noise(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+def test_draft_scale_keeps_the_shorter_side():
+    assert draft_scale((1200, 1600), None) == 1
+    assert draft_scale((1200, 1600), 300) == 4  # 1/8 is not used for kept pixels
+    assert draft_scale((1200, 1600), 300, max_scale=8) == 4 and draft_scale((1200, 1600), 150, max_scale=8) == 8
+    assert draft_scale((1200, 1600), 301) == 2 and draft_scale((1200, 1600), 601) == 1
+
+
+def test_jpeg_decodes_at_dct_scale_and_keeps_its_stored_size():
+    data = fx.encode(_noise(1201, 1603))
+    p = decode_photo(data, "a.jpg", min_side=300)
+    assert p.scale == 4 and p.shape == (1201, 1603) and p.rgb.shape == (301, 401, 3) and p.rgb.dtype == np.uint8
+    assert decode_photo(data, "a.jpg", min_side=500).scale == 2
+    full = decode_photo(data, "a.jpg")
+    assert full.scale == 1 and full.rgb.shape == (1201, 1603, 3)
+    assert np.array_equal(full.rgb, decode_rgb(data))
+    # The pixel limit judges the stored size, not the reduced one.
+    with pytest.raises(ImageError) as e:
+        decode_photo(data, "a.jpg", max_pixels=1201 * 1603 - 1, min_side=300)
+    assert e.value.reason == Reason.IMAGE_TOO_LARGE
+
+
+def test_grayscale_jpeg_decodes_reduced_to_rgb():
+    data = fx.encode(_noise(800, 800)[..., 0])
+    p = decode_photo(data, min_side=200)
+    assert p.scale == 4 and p.rgb.shape == (200, 200, 3) and np.array_equal(p.rgb[..., 0], p.rgb[..., 2])
+
+
+@pytest.mark.parametrize("mode, scale", [("RGB", 4), ("L", 4), ("RGBA", 1), ("P", 1)])
+def test_other_formats_are_box_averaged_by_4_only(mode, scale):
+    rgb = _noise(1001, 1203)
+    data = _png(Image.fromarray(rgb).convert(mode))
+    p = decode_photo(data, min_side=200)
+    assert (p.scale, p.shape) == (scale, (1001, 1203))
+    assert p.rgb.shape == ((251, 301, 3) if scale == 4 else (1001, 1203, 3))
+    if mode == "RGB":  # a box average of 4x4 pixels, the last ones partial
+        assert abs(int(p.rgb[0, 0, 1]) - rgb[:4, :4, 1].mean()) <= 1
+    assert decode_photo(data, min_side=251).scale == 1  # 1/2 did not pay for itself: never used
+
+
+def test_truncated_jpeg_fails_alike_at_every_scale(tmp_path: Path):
+    # probe() decodes JPEGs at 1/8: entropy decoding still reads every scan, so a cut file must
+    # fail exactly as a full decode does, wherever it is cut.
+    for progressive in (False, True):
+        data = fx.encode(_noise(480, 640), progressive=progressive, quality=90)
+        for frac in np.linspace(0.05, 0.98, 12):
+            cut = data[: int(len(data) * frac)]
+            p = tmp_path / "cut.jpg"
+            p.write_bytes(cut)
+            outcomes = []
+            for read in (decode_rgb, lambda d: decode_photo(d, min_side=60).rgb, lambda d: probe(p)):
+                try:
+                    read(cut)
+                    outcomes.append("ok")
+                except ImageError as e:
+                    outcomes.append(e.reason)
+            assert outcomes[0] == Reason.TRUNCATED_IMAGE, (progressive, frac, outcomes)
+            assert outcomes == [outcomes[0]] * 3, (progressive, frac, outcomes)
+
+
+def test_probe_reports_the_stored_size_of_a_jpeg(tmp_path: Path):
+    p = tmp_path / "a.jpg"
+    p.write_bytes(fx.encode(_noise(300, 500)))
+    assert probe(p) == (500, 300)

@@ -1,4 +1,4 @@
-"""`ingest`: every kind of bad input lands in errors.parquet with its reason, every good row is kept."""
+"""`ingest`: every kind of bad input lands in ingest_errors.parquet with its reason, every good row is kept."""
 
 from __future__ import annotations
 
@@ -83,8 +83,11 @@ BAD_IMAGES = {
     "missing": (_missing, "missing_file", "read"),
     "zero_byte": (_file(fx.write_empty, "empty.png"), "empty_file", "decode"),
     "truncated": (_file(fx.write_truncated, "cut.png"), "truncated_image", "decode"),
+    "truncated_jpeg": (_file(fx.write_truncated_jpeg, "cut.jpg"), "truncated_image", "decode"),
     "corrupt": (_file(fx.write_corrupt, "bad.tif"), "corrupt_image", "decode"),
     "not_an_image": (_file(fx.write_not_image, "text.jpg"), "not_an_image", "decode"),
+    # 30000x30000: PIL's own bomb check used to fire first and call it corrupt_image.
+    "above_pils_limit": (_file(fx.write_huge_png, "huge.png"), "image_too_large", "decode"),
 }
 BAD_RECORDS = {
     "label_missing": (_label(""), "label_missing"),
@@ -200,7 +203,7 @@ def test_all_refused_raises_after_writing_errors(tmp_path):
     fx.write_csv(root / "labels.csv", ["path", "label"], [["a.png", 1], ["b.png", 2]])
     with pytest.raises(NoUsableImages, match=r"all 2 records were refused .*missing_file 1, not_an_image 1"):
         ingest("csv", root, tmp_path / "out")
-    assert sorted(read_errors(tmp_path / "out" / "errors.parquet")["reason"]) == ["missing_file", "not_an_image"]
+    assert sorted(read_errors(tmp_path / "out" / "ingest_errors.parquet")["reason"]) == ["missing_file", "not_an_image"]
 
 
 def test_missing_root(tmp_path):

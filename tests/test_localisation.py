@@ -7,7 +7,16 @@ import math
 import numpy as np
 import pytest
 
-from drray.evaluate.localisation import energy_share, entropy, mass, peak, pointing_hit
+from drray.evaluate.localisation import (
+    chance_hit_rate,
+    energy_share,
+    entropy,
+    lesion_area_share,
+    mass,
+    peak,
+    pointing_hit,
+    rank_correlation,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -116,3 +125,63 @@ def test_negative_rounding_noise_counts_as_zero():
     cam = np.array([[-1e-6, 1.0]])
     assert mass(cam) == pytest.approx(1.0)
     assert energy_share(cam, np.array([[False, True]])) == pytest.approx(1.0)
+
+
+def centre_lesion(h: int = 5, w: int = 5) -> np.ndarray:
+    m = np.zeros((h, w), bool)
+    m[h // 2, w // 2] = True
+    return m
+
+
+def test_chance_hit_rate_counts_field_pixels_within_the_tolerance_disc():
+    lesion, field = centre_lesion(), np.ones((5, 5), bool)
+    assert chance_hit_rate(lesion, field, 0) == pytest.approx(1 / 25)  # the lesion pixel itself
+    assert chance_hit_rate(lesion, field, 1) == pytest.approx(5 / 25)  # + its 4 neighbours
+    assert chance_hit_rate(lesion, field, 1.5) == pytest.approx(9 / 25)  # + the diagonals, sqrt(2) <= 1.5
+    assert chance_hit_rate(lesion, field, 2) == pytest.approx(13 / 25)  # + the 4 at distance 2 (not sqrt 5)
+
+
+def test_chance_hit_rate_only_over_the_field_with_lesions_anywhere():
+    lesion = centre_lesion()
+    field = np.zeros((5, 5), bool)
+    field[:, :2] = True  # the two left columns: 10 pixels, the lesion outside them
+    assert chance_hit_rate(lesion, field, 1) == pytest.approx(1 / 10)  # only (2, 1)
+    assert chance_hit_rate(lesion, field, 0.5) == 0.0
+    assert chance_hit_rate(np.zeros((5, 5), bool), field, 3) == 0.0  # no lesion: every peak misses
+    assert math.isnan(chance_hit_rate(lesion, np.zeros((5, 5), bool), 3))
+    with pytest.raises(ValueError, match="tolerance"):
+        chance_hit_rate(lesion, field, -1)
+    with pytest.raises(ValueError, match="one shape"):
+        chance_hit_rate(lesion, np.ones((4, 5), bool), 1)
+
+
+def test_chance_hit_rate_equals_the_pointing_game_of_every_possible_peak():
+    rng = np.random.default_rng(3)
+    lesions = rng.random((12, 14)) < 0.04
+    yy, xx = np.mgrid[:12, :14]
+    field = (yy - 6) ** 2 + (xx - 7) ** 2 <= 30
+    for tol in (0.0, 1.0, 2.3, 3.84):
+        hits = [pointing_hit(blob(12, 14, y, x), lesions, tol) for y, x in zip(*np.nonzero(field))]
+        assert chance_hit_rate(lesions, field, tol) == pytest.approx(np.mean(hits))
+
+
+def test_lesion_area_share_is_lesion_pixels_inside_the_field_over_the_field():
+    field = np.ones((4, 4), bool)
+    field[0] = False  # 12 pixels
+    lesions = np.zeros((4, 4), bool)
+    lesions[0, 0] = lesions[1, 1] = lesions[3, 2] = True  # one of them outside the field
+    assert lesion_area_share(lesions, field) == pytest.approx(2 / 12)
+    assert energy_share(np.where(field, 1.0, 0.0), lesions & field) == pytest.approx(lesion_area_share(lesions, field))
+    assert math.isnan(lesion_area_share(lesions, np.zeros((4, 4), bool)))
+
+
+def test_rank_correlation_is_spearman_with_mean_ranks_for_ties():
+    a = np.array([[1.0, 2.0], [3.0, 4.0]])
+    assert rank_correlation(a, a * 10) == pytest.approx(1.0)
+    assert rank_correlation(a, a ** 3) == pytest.approx(1.0)  # any increasing transform
+    assert rank_correlation(a, -a) == pytest.approx(-1.0)
+    # ranks (1, 2.5, 2.5, 4) against (1, 2, 3, 4): 4.5 / sqrt(4.5 * 5) = 3 / sqrt(10)
+    assert rank_correlation(np.array([1, 2, 2, 3]), np.array([1, 2, 3, 4])) == pytest.approx(3 / math.sqrt(10))
+    assert math.isnan(rank_correlation(np.ones((2, 2)), a))
+    with pytest.raises(ValueError, match="one shape"):
+        rank_correlation(a, np.ones((3, 3)))

@@ -362,3 +362,23 @@ def test_drray_exposes_the_model_api_lazily():
     assert drray.create_model is drray.models.model.create_model
     assert drray.load_model is drray.models.model.load_model
     assert drray.save_model is drray.models.model.save_model
+
+
+def test_cross_fitted_thresholds_do_not_flatter_an_ordinal_head_on_noise():
+    """Thresholds fitted and scored on the same images find structure in noise; cross-fitting does not."""
+    from drray.evaluate.metrics import quadratic_weighted_kappa
+    from drray.models.ordinal import cross_fitted_grades, fit_ordinal_thresholds, grades_from_scores
+
+    in_sample, crossed = [], []
+    for seed in range(20):  # validation-sized samples of pure noise: scores carry no grade at all
+        rng = np.random.default_rng(seed)
+        scores, labels = rng.normal(size=40), rng.integers(0, 5, size=40)
+        in_sample.append(quadratic_weighted_kappa(labels, grades_from_scores(scores, fit_ordinal_thresholds(scores, labels))))
+        crossed.append(quadratic_weighted_kappa(labels, cross_fitted_grades(scores, labels, folds=2, seed=0)))
+    assert np.mean(in_sample) > 0.15 and abs(np.mean(crossed)) < 0.08
+    # On a real signal cross-fitting keeps the score.
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, size=200)
+    signal = labels + rng.normal(scale=0.3, size=200)
+    assert quadratic_weighted_kappa(labels, cross_fitted_grades(signal, labels)) > 0.9
+    np.testing.assert_array_equal(cross_fitted_grades(signal, labels, seed=1), cross_fitted_grades(signal, labels, seed=1))

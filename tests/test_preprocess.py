@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import skimage.data
 
+import dataset_fixtures as fx
 from drray.config import PreprocessConfig
+from drray.data.images import decode_photo
 from drray.data.preprocess import (
     CropBox,
     FundusCircle,
@@ -15,7 +17,10 @@ from drray.data.preprocess import (
     box_to_image_coords,
     centre_box,
     circle_in_box,
+    crop_resized,
     crop_square,
+    decode_side,
+    enough_resolution,
     find_fundus,
     fundus_box,
     image_to_box_coords,
@@ -298,3 +303,84 @@ def test_bad_mask_is_named():
         prepare_mask(np.zeros((10, 10, 3), bool), box, 8)
     with pytest.raises(ValueError, match="float"):
         prepare_mask(np.zeros((10, 10), np.float32), box, 8)
+
+
+# ------------------------------------------------------------ photographs decoded at reduced scale
+# Mean absolute difference, in grey levels, allowed between a reduced decode's network input and
+# the full-resolution one's. Measured 0.3-0.6 (Ben Graham: 0.8-1.6, it multiplies differences by 4)
+# on 3888x2592 and 4000x3000 photographs; the rest of the difference is a 1-px change of the box.
+GREY_TOL = 1.0
+GREY_TOL_BEN_GRAHAM = 2.0
+
+
+@pytest.fixture(scope="module")
+def camera_jpeg():
+    """A 3888x2592 JPEG (a 10-Mpx camera's frame, fundus filling its height) and its full decode."""
+    data = fx.encode(fx.large_fundus(3888, 2592))
+    return data, decode_photo(data)
+
+
+def _box_delta(a: CropBox, b: CropBox) -> int:
+    return max(abs(a.y0 - b.y0), abs(a.x0 - b.x0), abs(a.side - b.side))
+
+
+@pytest.mark.parametrize("size, scale", [(224, 4), (384, 4), (512, 4), (560, 2)])
+@pytest.mark.parametrize("ben", [False, True], ids=["plain", "ben_graham"])
+@pytest.mark.parametrize("crop", [True, False], ids=["crop", "no_crop"])
+def test_reduced_decode_matches_full_resolution(camera_jpeg, size, scale, ben, crop):
+    data, full = camera_jpeg
+    cfg = PreprocessConfig(image_size=size, ben_graham=ben, crop=crop)
+    ref = prepare(full.rgb, cfg)
+    photo = decode_photo(data, min_side=decode_side(cfg))
+    assert photo.scale == scale and photo.shape == full.rgb.shape[:2]
+    got = prepare(photo.rgb, cfg, photo.scale, photo.shape)
+    # Geometry in original pixels, within a pixel of the full-resolution path.
+    assert _box_delta(got.box, ref.box) <= 1, (got.box, ref.box)
+    assert got.quality_ok and enough_resolution(got.box, photo.scale, cfg)
+    c, r = got.circle, ref.circle
+    assert max(abs(c.cx - r.cx), abs(c.cy - r.cy), abs(c.r - r.r)) <= 1.0, (c, r)
+    grey = np.abs(got.image.astype(np.float32).mean(axis=2) - ref.image.astype(np.float32).mean(axis=2))
+    assert grey.mean() <= (GREY_TOL_BEN_GRAHAM if ben else GREY_TOL), grey.mean()
+
+
+def test_reduced_crop_covers_the_same_box():
+    # On a linear ramp, every correct resampling returns the ramp at each output footprint's centre,
+    # so any offset or scale error of the reduced path's geometry shows as a difference.
+    h, w, s, size = 1200, 1600, 4, 96
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    img = 0.37 * xx + 0.21 * yy
+    reduced = cv2.resize(img, (w // s, h // s), interpolation=cv2.INTER_AREA)  # exact 4x4 means
+    for box in (CropBox(-37, 101, 1250), CropBox(13, -7, 1190), CropBox(0, 0, 1200), CropBox(101, 203, 387)):
+        centres = (np.arange(size) + 0.5) * box.side / size - 0.5
+        ey, ex = box.y0 + centres, box.x0 + centres
+        expected = 0.37 * ex[None, :] + 0.21 * ey[:, None]
+        # Footprints well inside the image: the padding's black does not reach them.
+        margin = box.side / size + s
+        inside = ((ey > margin) & (ey < h - 1 - margin))[:, None] & ((ex > margin) & (ex < w - 1 - margin))[None, :]
+        for got in (crop_resized(img, box, size), crop_resized(reduced, box, size, s)):
+            assert got.shape == (size, size)
+            assert np.abs(got - expected)[inside].max() < 0.01
+
+
+def test_synthetic_disc_found_alike_at_reduced_scale():
+    h, w, cy, cx, r = 2000, 3000, 1010.0, 1480.0, 930.0
+    img = synth_fundus(h, w, cy, cx, r)
+    full = find_fundus(img)
+    for s in (2, 4):
+        reduced = cv2.resize(img, (w // s, h // s), interpolation=cv2.INTER_AREA)
+        c = find_fundus(reduced, s, (h, w))
+        assert max(abs(c.cx - full.cx), abs(c.cy - full.cy), abs(c.r - full.r)) <= 1.0, (s, c, full)
+    blank = find_fundus(np.zeros((500, 750, 3), np.uint8), 4, (2000, 3000))
+    assert not blank.found and (blank.cy, blank.cx, blank.r) == (999.5, 1499.5, 1000.0)  # original pixels
+
+
+def test_reduced_geometry_needs_the_original_shape():
+    img = np.zeros((250, 300, 3), np.uint8)
+    cfg = PreprocessConfig(image_size=32)
+    with pytest.raises(ValueError, match="needs the original shape"):
+        prepare(img, cfg, 4)
+    with pytest.raises(ValueError, match=r"not a 1/4 decode of a 1000x1000 .* expected \(250, 250\)"):
+        prepare(img, cfg, 4, (1000, 1000))
+    with pytest.raises(ValueError, match="scale must be one of"):
+        prepare(img, cfg, 3, (750, 900))
+    assert prepare(img, cfg, 4, (1000, 1198)).box == CropBox(y0=0, x0=99, side=1000)  # a centre crop

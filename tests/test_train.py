@@ -31,11 +31,10 @@ def make_tiny_set(root: Path, n: int = 48, size: int = 64) -> str:
 
 
 def tiny_overrides(tmp: Path, *overrides: str) -> list[str]:
-    """CPU-sized training: 64 px, small batches, two epochs, results under `tmp`."""
+    """CPU-sized training: 64 px, small batches, two epochs; Ray's runs stay under each command's --out."""
     return [
         "model.backbone=test_resnet", "data.preprocess.image_size=64", "train.batch_size=8",
-        "train.epochs=2", "train.cpus_per_worker=1", f"train.storage_path={tmp / 'ray_results'}",
-        "data.num_cpus_per_decode_task=0.5", *overrides,
+        "train.epochs=2", "train.cpus_per_worker=1", "data.decode_cpus=0.5", *overrides,
     ]
 
 
@@ -121,7 +120,7 @@ def test_trial_config_applies_search_parameters_without_touching_the_base(tmp_pa
 
 
 @pytest.mark.parametrize("override, message", [
-    ("model.backbone=resnet_nonexistent", "not a timm model"),
+    ("model.backbone=resnet_nonexistent", "unknown timm model"),
     ("train.cpus_per_worker=0", "cpus_per_worker"),
     ("train.max_failures=-2", "max_failures"),
     ("train.limit_train_batches=0", "limit_train_batches"),
@@ -148,15 +147,19 @@ def tiny_manifest(tmp_path_factory) -> str:
 def test_train_ordinal_head_stores_thresholds_fitted_on_validation(ray_session, tiny_manifest, tmp_path):
     from drray.data.dataset import build_dataset
     from drray.models.model import fit_ordinal_thresholds, load_model
-    from drray.training.train import evaluate, train
+    from drray.evaluate.evaluate import evaluate_model
+    from drray.training.train import train
 
     cfg = tiny_config(tmp_path, "model.head=ordinal", "train.epochs=2", "train.early_stopping_patience=0")
     result = train(cfg, tmp_path / "run", manifest=tiny_manifest)
+    # Everything the run wrote, Ray's checkpoints included, is under its --out.
+    assert (tmp_path / "run" / "ray_results").is_dir() and Path(result.run_path).is_relative_to(tmp_path / "run")
+    assert result.metrics["score_method"].startswith("val QWK with ordinal thresholds")
 
     saved = json.loads((tmp_path / "run" / "train_metrics.json").read_text())
     assert [h["epoch"] for h in saved["history"]] == [1, 2]
     assert result.metrics["epoch"] in (1, 2) and result.metrics["qwk"] is not None
-    assert sorted(p.name for p in result.model_dir.iterdir()) == ["model.json", "weights.safetensors"]
+    assert sorted(p.name for p in Path(result.model_dir).iterdir()) == ["model.json", "weights.safetensors"]
 
     model = load_model(result.model_dir)
     card = model.card
@@ -169,6 +172,30 @@ def test_train_ordinal_head_stores_thresholds_fitted_on_validation(ray_session, 
     refit = fit_ordinal_thresholds(scores, batch["label"].astype(np.int64))
     np.testing.assert_allclose(card.thresholds, refit, atol=1e-3)
 
-    test_metrics = evaluate(result.model_dir, tiny_manifest, split="test")
+    test_metrics = evaluate_model(result.model_dir, tiny_manifest, split="test")
     assert test_metrics["split"] == "test" and test_metrics["n"] > 0
     assert -1.0 <= test_metrics["qwk"] <= 1.0 and test_metrics["model_id"] == card.model_id
+
+
+def test_hub_and_local_dir_backbone_names_pass_the_config_check(tmp_path):
+    """Every name timm.create_model accepts is a valid model.backbone, not only registered ones."""
+    for name in ("hf-hub:timm/resnet18.a1_in1k", "local-dir:/models/my-resnet"):
+        check_train_config(tiny_config(tmp_path, f"model.backbone={name}"))
+
+
+def test_export_model_takes_the_checkpoint_with_its_filesystem(tmp_path):
+    """Remote checkpoints have scheme-less paths that only their filesystem resolves (as s3:// ones do)."""
+    import pyarrow.fs as pafs
+    from ray.train import Checkpoint
+
+    from drray.models.model import create_model, load_model, save_model
+    from drray.training.train import export_model
+
+    bucket = tmp_path / "bucket"
+    save_model(create_model("test_resnet", image_size=32), bucket / "run" / "checkpoint_000001")
+    remote = pafs.SubTreeFileSystem(str(bucket), pafs.LocalFileSystem())
+    ckpt = Checkpoint("run/checkpoint_000001", filesystem=remote)
+    out = export_model(ckpt, tmp_path / "model")
+    assert load_model(out).card.timm_name == "test_resnet"
+    with pytest.raises(Exception):
+        export_model(ckpt.path, tmp_path / "other")  # the bare path alone names nothing on local disk

@@ -27,8 +27,8 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from drray.cam.fast_methods import FAST_FORMULAS, normalise_maps, upsample_maps
-from drray.cam.registry import CamMethod, get_method
+from drray.cam.maps import normalise_maps, upsample_maps
+from drray.cam.methods import CamMethod, get_method
 from drray.cam.targets import RowTarget, Target, parse_target, probs_and_preds, target_scores
 from drray.cam.zoo import run_zoo_method
 from drray.cam.target_layers import module_name, resolve_target_layer
@@ -74,8 +74,11 @@ class CamEngine:
     model: a drray model (`grade_probs`, `predict`, `head`) or any module whose outputs are
         classification logits (softmax for probabilities, argmax for the prediction).
     method: a name from CAM_METHODS (case, '-' and '_' ignored).
-    target_layer: a module of `model`, its dotted name, or None for the per-family layer
-        (drray.cam.target_layers); a drray model's card may name it.
+    target_layer: a module of `model`, its dotted name, or None to choose it by stride.
+    target_stride: output stride of the layer when target_layer is None: 8, 16 or 32, or None for
+        a drray model card's layer or stride, else drray.cam.target_layers.DEFAULT_TARGET_STRIDE.
+        A named layer wins over a stride; a stride the model lacks is a ValueError (see
+        drray.cam.target_layers for transformers, which have one token grid).
     target: what the maps explain by default (drray.cam.targets): "pred", a grade 0-4,
         "referable" or "score".
     reshape_transform: turns the layer's output into (B, C, h, w); default: the family's
@@ -86,7 +89,8 @@ class CamEngine:
     """
 
     def __init__(self, model: nn.Module, method: str = "gradcam",
-                 target_layer: nn.Module | str | None = None, target: Any = "pred",
+                 target_layer: nn.Module | str | None = None, target_stride: int | None = None,
+                 target: Any = "pred",
                  reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  device: str | torch.device | None = None, autocast_dtype: torch.dtype | None = None):
         if not isinstance(model, nn.Module):
@@ -96,16 +100,16 @@ class CamEngine:
         self.device = _model_device(model) if device is None else torch.device(device)
         if device is not None and _model_device(model) != self.device:
             model.to(self.device)
-        if target_layer is None or isinstance(target_layer, str):
-            layer, reshape, name = resolve_target_layer(model, target_layer)
-        elif isinstance(target_layer, nn.Module):
-            name = module_name(model, target_layer)
-            layer, reshape, _ = resolve_target_layer(model, name)
-        else:
+        if isinstance(target_layer, nn.Module):
+            target_layer = module_name(model, target_layer)
+        elif target_layer is not None and not isinstance(target_layer, str):
             raise TypeError(f"target_layer must be a module, a dotted name or None, got {type(target_layer).__name__}")
-        self.target_layer: nn.Module = layer
-        self.target_layer_name: str = name
-        self.reshape_transform = reshape_transform if reshape_transform is not None else reshape
+        resolved = resolve_target_layer(model, target_layer, stride=target_stride)
+        self.target_layer: nn.Module = resolved.layer
+        self.target_layer_name: str = resolved.name
+        self.target_stride: int | None = resolved.stride
+        """Output stride of the target layer's map (8: a 24 x 24 map at 192 px); None when not known."""
+        self.reshape_transform = reshape_transform if reshape_transform is not None else resolved.reshape
         self.target: Target = parse_target(target)
         self.autocast_dtype = autocast_dtype
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -116,7 +120,8 @@ class CamEngine:
 
     def __repr__(self) -> str:
         return (f"CamEngine(model={type(self.model).__name__}, method={self.method!r}, "
-                f"target_layer={self.target_layer_name!r}, target={self.target}, device={self.device})")
+                f"target_layer={self.target_layer_name!r}, target_stride={self.target_stride}, target={self.target}, "
+                f"device={self.device})")
 
     def __enter__(self) -> "CamEngine":
         return self
@@ -162,7 +167,7 @@ class CamEngine:
                 batch, tgt, capture=bool(fast), with_grads=any(m.uses_gradients for m in fast))
         maps: dict[str, torch.Tensor] = {}
         for m in fast:
-            maps[m.name] = upsample_maps(normalise_maps(FAST_FORMULAS[m.name](acts, grads)), size).cpu()
+            maps[m.name] = upsample_maps(normalise_maps(m.formula(acts, grads)), size).cpu()
         for m in chosen:
             if not m.fast:
                 maps[m.name] = upsample_maps(self._zoo(m, batch, tgt, grades), size)

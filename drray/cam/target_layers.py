@@ -1,17 +1,32 @@
-"""The CAM target layer of a model: a small per-family table, with a generic fallback.
+"""The CAM target layer of a model, chosen by resolution (output stride) or by name.
 
-A CAM is computed from the activations of one layer. For a CNN it is the last spatial feature
-map before global pooling; for a vision transformer it is the token sequence entering the last
-block's attention (the `norm1` of the last block, as pytorch-grad-cam recommends), turned back
-into a (B, C, h, w) map by a reshape transform that drops the prefix tokens (class, register,
-distillation) and lays the patch tokens on their grid. Models whose stages run channels-last
-(Swin, MambaOut) get a transform from NHWC to NCHW.
+A CAM is computed from the activations of one layer, and its resolution is that layer's: the
+last map of a CNN (output stride 32) is 6 x 6 at 192 px, too coarse to land on a microaneurysm.
+`target_stride` picks the last layer at stride 8, 16 or 32 instead. The strides come from the
+model where timm states them (`model.feature_info`: each stage's module and reduction); the
+deepest stride is the family's final map (a small per-family table: the last spatial map before
+global pooling, e.g. EfficientNet's bn2 after conv_head); models that state nothing are measured
+with one dry forward. DEFAULT_TARGET_STRIDE was chosen by benchmarks/cam_validity.py (see
+benchmarks/README.md): with stride 8 the Grad-CAM peak of the demo model lands on a lesion in far
+more images than with the last map.
 
-    layer, reshape, name = resolve_target_layer(model)          # per family
-    layer, reshape, name = resolve_target_layer(model, "layer4.1")
+A vision transformer keeps one token grid (stride = its patch size) in every block, so it has
+one resolution: its layer is the token sequence entering the last block's attention (the `norm1`
+of the last block, as pytorch-grad-cam recommends), laid back on the patch grid by a reshape
+transform that drops the prefix tokens (class, register, distillation: timm's
+`num_prefix_tokens`). The default stride resolves to that grid (logged); asking a transformer
+for any other stride is a ValueError. Channels-last models (timm's `output_fmt == "NHWC"`:
+Swin, MambaOut) get a transform from NHWC to NCHW.
 
-A drray model (anything with a `backbone` module and `grade_probs`) is resolved inside its
-backbone; the returned name is then prefixed `backbone.` so `model.get_submodule(name)` finds it.
+    target = resolve_target_layer(model)                 # the default stride
+    target = resolve_target_layer(model, stride=16)      # the last stride-16 map
+    target = resolve_target_layer(model, "layer4.1")     # by name
+    target.layer, target.reshape, target.name, target.stride
+
+Precedence: an explicit name > an explicit stride > a drray model card's `cam_target_layer` >
+its `cam_target_stride` > DEFAULT_TARGET_STRIDE. A drray model (anything with a `backbone`
+module and `grade_probs`) is resolved inside its backbone; the returned name is then prefixed
+`backbone.` so `model.get_submodule(name)` finds it.
 """
 
 from __future__ import annotations
@@ -19,7 +34,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -28,9 +43,29 @@ log = logging.getLogger(__name__)
 
 ReshapeTransform = Callable[[torch.Tensor], torch.Tensor]
 
-# Class name -> how to find the layer. Subclasses match through the MRO (deit's
-# VisionTransformerDistilled is a VisionTransformer). Values are functions of the model
-# returning (dotted name, layout), layout being "nchw", "nhwc" or "tokens".
+CAM_STRIDES = (8, 16, 32)
+"""Output strides a configuration may ask for (drray.config.CamConfig.target_stride)."""
+
+DEFAULT_TARGET_STRIDE = 8
+"""Stride used when nothing names a layer or a stride; chosen by benchmarks/cam_validity.py."""
+
+
+class TargetLayer(NamedTuple):
+    """A resolved CAM target layer."""
+
+    layer: nn.Module
+    reshape: ReshapeTransform | None
+    """Turns the layer's output into (B, C, h, w); None when it already is."""
+    name: str
+    """Dotted name in the model passed in (`model.get_submodule(name) is layer`)."""
+    stride: int | None
+    """Output stride of the layer's map (input side / map side); None when not known."""
+
+
+# Class name -> the family's final map (the deepest stride). Subclasses match through the MRO
+# (deit's VisionTransformerDistilled is a VisionTransformer). Values are functions of the model
+# returning (dotted name, layout), layout being "nchw", "nhwc" or "tokens"; timm's own facts
+# (output_fmt, num_prefix_tokens) take precedence over the layout written here.
 _FAMILY_RULES: dict[str, Callable[[nn.Module], tuple[str, str]]] = {}
 
 
@@ -181,6 +216,17 @@ def family_of(model: nn.Module) -> str | None:
     return None
 
 
+def layout_of(model: nn.Module) -> str:
+    """"tokens", "nhwc" or "nchw": what timm says (num_prefix_tokens, output_fmt), else the family table."""
+    fmt = getattr(model, "output_fmt", None)
+    if str(getattr(fmt, "value", fmt)).upper() == "NHWC":
+        return "nhwc"
+    if isinstance(getattr(model, "num_prefix_tokens", None), int) and hasattr(model, "patch_embed"):
+        return "tokens"
+    family = family_of(model)
+    return _FAMILY_RULES[family](model)[1] if family is not None else "nchw"
+
+
 def _candidates(model: nn.Module, limit: int = 8) -> str:
     names = [n for n, m in model.named_modules() if n and not list(m.children())]
     tail = names[-limit:]
@@ -197,11 +243,8 @@ def _get(model: nn.Module, name: str) -> nn.Module:
 
 
 def _layout_of_named(model: nn.Module, name: str) -> str:
-    """Layout of a layer the user named: tokens inside a transformer, NHWC in channels-last families."""
-    family = family_of(model)
-    if family is None:
-        return "nchw"
-    _, layout = _FAMILY_RULES[family](model)
+    """Layout of a layer the user named: tokens inside a transformer, NHWC in channels-last models."""
+    layout = layout_of(model)
     if layout == "tokens" and name.startswith("patch_embed"):
         return "nchw"  # the patch-embedding conv of a transformer
     return layout
@@ -221,14 +264,8 @@ def _dry_input_size(model: nn.Module, input_size: int | tuple[int, int] | None) 
     return int(size[0]), int(size[1])
 
 
-def find_last_spatial_layer(model: nn.Module, input_size: int | tuple[int, int] | None = None) -> tuple[str, str]:
-    """Generic fallback: the last module (in execution order) whose output is a (B, C, h, w) map with h, w > 1.
-
-    One batch-1 forward with a forward hook on every module, at `input_size` or the model's own
-    image size. A parent container fires after its children, so the outermost module holding the
-    final map wins; identities are skipped. Maps with `num_features` channels (what the head pools)
-    are preferred; the layout is channels-last when the last axis, not the second, has them.
-    """
+def _dry_run(model: nn.Module, input_size) -> tuple[list[tuple[str, tuple[int, ...]]], tuple[int, int]]:
+    """(module name, output shape) of every non-identity module, in execution order, for one batch-1 forward."""
     seen: list[tuple[str, tuple[int, ...]]] = []
     handles = []
     for name, module in model.named_modules():
@@ -253,6 +290,11 @@ def find_last_spatial_layer(model: nn.Module, input_size: int | tuple[int, int] 
         for handle in handles:
             handle.remove()
         model.train(was_training)
+    return seen, (height, width)
+
+
+def _spatial_maps(model: nn.Module, seen) -> list[tuple[str, str, int, bool]]:
+    """(name, layout, map height, has the pooled channel count) of every 4-D map with h, w > 1."""
     num_features = getattr(model, "num_features", None)
     maps = []
     for name, shape in seen:
@@ -261,56 +303,198 @@ def find_last_spatial_layer(model: nn.Module, input_size: int | tuple[int, int] 
         nhwc = num_features is not None and shape[-1] == num_features and shape[1] != num_features
         h, w = (shape[1], shape[2]) if nhwc else (shape[2], shape[3])
         if h > 1 and w > 1:
-            maps.append((name, "nhwc" if nhwc else "nchw", num_features in (shape[1], shape[-1])))
+            maps.append((name, "nhwc" if nhwc else "nchw", h, num_features in (shape[1], shape[-1])))
+    return maps
+
+
+def find_last_spatial_layer(model: nn.Module, input_size: int | tuple[int, int] | None = None) -> tuple[str, str]:
+    """Generic fallback: the last module (in execution order) whose output is a (B, C, h, w) map with h, w > 1.
+
+    One batch-1 forward with a forward hook on every module, at `input_size` or the model's own
+    image size. A parent container fires after its children, so the outermost module holding the
+    final map wins; identities are skipped. Maps with `num_features` channels (what the head pools)
+    are preferred; the layout is channels-last when the last axis, not the second, has them.
+    """
+    seen, (height, width) = _dry_run(model, input_size)
+    maps = _spatial_maps(model, seen)
     if not maps:
         raise ValueError(
             f"found no 4-D spatial feature map in {type(model).__name__} at {height}x{width} px; pass the "
             f"target layer's name (and a reshape_transform) explicitly, e.g. one of: {_candidates(model)}")
-    preferred = [m for m in maps if m[2]] or maps
-    name, layout, _ = preferred[-1]
+    preferred = [m for m in maps if m[3]] or maps
+    name, layout, _, _ = preferred[-1]
     return name, layout
 
 
-def _resolve_in(model: nn.Module, name: str | None, input_size: int | tuple[int, int] | None
-                ) -> tuple[nn.Module, ReshapeTransform | None, str]:
-    if name is not None:
-        return _get(model, name), _transform_for(model, _layout_of_named(model, name)), name
+def _feature_stages(model: nn.Module) -> list[tuple[str, int]]:
+    """(module name, reduction) of each stage timm lists in `model.feature_info`; [] when it lists none."""
+    info = getattr(model, "feature_info", None)
+    if hasattr(info, "get_dicts"):  # a features_only wrapper's FeatureInfo
+        info = info.get_dicts()
+    if not isinstance(info, (list, tuple)):
+        return []
+    modules = dict(model.named_modules())
+    return [(e["module"], int(e["reduction"])) for e in info
+            if isinstance(e, dict) and e.get("module") in modules and e.get("reduction")]
+
+
+def _token_stride(model: nn.Module) -> int | None:
+    stages = _feature_stages(model)
+    if stages:
+        return stages[-1][1]
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if patch is None:
+        return None
+    return int(patch if isinstance(patch, int) else patch[0])
+
+
+def _final_map(model: nn.Module, input_size) -> tuple[str, str]:
+    """The family's final map, else the last spatial map a dry forward finds (logged)."""
     family = family_of(model)
     if family is not None:
-        name, layout = _FAMILY_RULES[family](model)
+        return _FAMILY_RULES[family](model)
+    name, layout = find_last_spatial_layer(model, input_size)
+    log.info("no CAM target-layer rule for %s; using the last spatial feature map %r (%s)",
+             type(model).__name__, name, layout)
+    return name, layout
+
+
+def stride_layers(model: nn.Module, input_size: int | tuple[int, int] | None = None) -> dict[int, tuple[str, str]]:
+    """{output stride: (dotted name, layout)} of the CAM layer at each resolution, finest first.
+
+    Each stride maps to the last stage timm lists at that reduction, the deepest to the family's
+    final map. A transformer has one entry (its patch grid). A model without feature_info is
+    measured: one dry forward at `input_size`, the last map at each stride.
+    """
+    final, final_layout = _final_map(model, input_size)
+    layout = layout_of(model)
+    if layout == "tokens" or final_layout == "tokens":
+        stride = _token_stride(model)
+        return {stride: (final, "tokens")} if stride is not None else {}
+    table = {reduction: (name, layout) for name, reduction in _feature_stages(model)}
+    if not table:
+        seen, (height, _) = _dry_run(model, input_size)
+        for name, map_layout, h, _ in _spatial_maps(model, seen):
+            table[max(1, round(height / h))] = (name, map_layout)
+    if table:
+        table[max(table)] = (final, final_layout if layout == "nchw" else layout)
+    return dict(sorted(table.items()))
+
+
+def _nearest(strides: list[int], wanted: int) -> int:
+    """The stride closest to `wanted` on a log scale; the coarser of two equally close."""
+    return min(strides, key=lambda s: (abs(math.log2(s / wanted)), -s))
+
+
+def _pick_stride(model: nn.Module, table: dict[int, tuple[str, str]], stride: int | None, strict: bool) -> int:
+    kind = type(model).__name__
+    if not table:
+        raise ValueError(f"found no feature map of {kind} at any stride; name the CAM target layer instead")
+    wanted = DEFAULT_TARGET_STRIDE if stride is None else int(stride)
+    if wanted in table:
+        return wanted
+    tokens = next(iter(table.values()))[1] == "tokens"
+    only = next(iter(table))
+    if strict:
+        if tokens:
+            raise ValueError(
+                f"{kind} is a transformer: every block keeps one token grid, at stride {only} (its patch size), "
+                f"so it has no stride-{wanted} layer; pass target_stride={only} or None, or name a layer")
+        raise ValueError(
+            f"{kind} has no stride-{wanted} feature map; its stages give strides "
+            f"{', '.join(map(str, table))}: pass one of those, None for the default, or a layer name")
+    chosen = only if tokens else _nearest(list(table), wanted)
+    if tokens:
+        log.info("%s is a transformer with one token grid (stride %d); the default stride %d resolves to it",
+                 kind, chosen, wanted)
     else:
-        name, layout = find_last_spatial_layer(model, input_size)
-        log.info("no CAM target-layer rule for %s; using the last spatial feature map %r (%s)",
-                 type(model).__name__, name, layout)
-    return model.get_submodule(name), _transform_for(model, layout), name
+        log.info("%s has no stride-%d map (it has %s); using stride %d", kind, wanted,
+                 ", ".join(map(str, table)), chosen)
+    return chosen
+
+
+def _stride_of_named(model: nn.Module, name: str, table: dict[int, tuple[str, str]]) -> int | None:
+    """Stride of a named layer when the stride table or timm's stage list has it (every layer of a transformer)."""
+    for s, (n, layout) in table.items():
+        if n == name or layout == "tokens":
+            return s
+    for n, reduction in _feature_stages(model):
+        if n == name:
+            return reduction
+    return None
+
+
+def _check_stride_arg(stride: int | None) -> None:
+    if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int) or stride < 1):
+        raise ValueError(f"target stride must be a positive integer such as {', '.join(map(str, CAM_STRIDES))}, "
+                         f"got {stride!r}")
+
+
+def _resolve_in(model: nn.Module, name: str | None, input_size, stride: int | None, strict: bool) -> TargetLayer:
+    if name is not None:
+        layer = _get(model, name)
+        try:
+            known = _stride_of_named(model, name, stride_layers(model, input_size))
+        except ValueError:  # a model the dry forward cannot run: the layer was named, its stride stays unknown
+            known = None
+        return TargetLayer(layer, _transform_for(model, _layout_of_named(model, name)), name, known)
+    table = stride_layers(model, input_size)
+    chosen = _pick_stride(model, table, stride, strict)
+    name, layout = table[chosen]
+    return TargetLayer(model.get_submodule(name), _transform_for(model, layout), name, chosen)
 
 
 def resolve_target_layer(model: nn.Module, name: str | None = None,
                          input_size: int | tuple[int, int] | None = None,
-                         ) -> tuple[nn.Module, ReshapeTransform | None, str]:
-    """(layer, reshape transform or None, dotted name) of the CAM target layer of `model`.
+                         stride: int | None = None) -> TargetLayer:
+    """(layer, reshape transform or None, dotted name, stride) of the CAM target layer of `model`.
 
-    name: a dotted module name (`model.get_submodule(name)`); None picks the layer per family,
-    or for a drray model the card's `cam_target_layer` when set. For a drray model, names are
-    looked up in the model first and then inside its backbone.
-    input_size: image side(s) for the dry forward of the generic fallback (families outside the
-    table); default: the model's own image size (a drray model's card input size).
+    name: a dotted module name (`model.get_submodule(name)`); wins over `stride` (a warning says so).
+    stride: the output stride of the map (8, 16, 32; see `stride_layers`); a stride the model does
+    not have is a ValueError naming those it has. With neither, a drray model's card decides
+    (`cam_target_layer`, then `cam_target_stride`), else DEFAULT_TARGET_STRIDE or the model's
+    nearest stride (a transformer's only grid). For a drray model, names are looked up in the
+    backbone, with or without the `backbone.` prefix, then in the wrapper.
+    input_size: image side(s) for the dry forward of models timm states no strides for; default:
+    the model's own image size (a drray model's card input size).
     """
+    _check_stride_arg(stride)
+    if name is not None and stride is not None:
+        log.warning("CAM target layer %r was named, so target stride %d is ignored", name, stride)
+        stride = None
+    strict = stride is not None
     if not is_drray_model(model):
-        return _resolve_in(model, name, input_size)
+        return _resolve_in(model, name, input_size, stride, strict)
     backbone = model.backbone
     card = getattr(model, "card", None)
-    if name is None:
+    if name is None and stride is None:
         name = getattr(card, "cam_target_layer", None)
+        stride = getattr(card, "cam_target_stride", None) if name is None else None
+        _check_stride_arg(stride)
+        strict = stride is not None
     if input_size is None:
         input_size = getattr(card, "input_size", None)
     if name is not None and name.startswith("backbone."):
         name = name[len("backbone."):]
     elif name is not None and name not in dict(backbone.named_modules()) and name in dict(model.named_modules()):
-        layer = model.get_submodule(name)  # a layer of the wrapper itself, outside the backbone
-        return layer, None, name
-    layer, reshape, inner = _resolve_in(backbone, name, input_size)
-    return layer, reshape, f"backbone.{inner}"
+        return TargetLayer(model.get_submodule(name), None, name, None)  # a layer of the wrapper itself
+    inner = _resolve_in(backbone, name, input_size, stride, strict)
+    return inner._replace(name=f"backbone.{inner.name}")
+
+
+def pin_target_layer(model: nn.Module, name: str | None = None, stride: int | None = None):
+    """A drray model's card with `cam_target_layer` and `cam_target_stride` set to what resolves now.
+
+    Call it before saving a model dir, so the dir keeps its CAM layer if DEFAULT_TARGET_STRIDE or
+    timm's stage lists change later. Returns a new ModelCard; the model is not changed.
+    """
+    import dataclasses
+
+    if not is_drray_model(model):
+        raise ValueError(f"pin_target_layer needs a drray model (with .backbone and .card), got {type(model).__name__}")
+    target = resolve_target_layer(model, name, stride=stride)
+    inner = target.name[len("backbone."):] if target.name.startswith("backbone.") else target.name
+    return dataclasses.replace(model.card, cam_target_layer=inner, cam_target_stride=target.stride)
 
 
 def module_name(model: nn.Module, layer: nn.Module) -> str:

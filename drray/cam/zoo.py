@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from drray.cam.registry import CamMethod
+from drray.cam.methods import CamMethod
 
 ZOO_BATCH_SIZE = 32
 """Perturbed copies per forward pass in ScoreCAM and AblationCAM."""

@@ -16,14 +16,17 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from drray.config import PreprocessConfig
-from drray.data.images import DEFAULT_MAX_PIXELS, ImageError, read_mask, read_rgb
+from drray.data.images import DEFAULT_MAX_PIXELS, ImageError, decode_photo, read_bytes, read_mask
 from drray.schema import MASK_COLUMNS, MASK_TYPES
+
+if TYPE_CHECKING:
+    from drray.data.preprocess import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +71,55 @@ class Decoded:
     error_detail: str = ""
 
 
+def decode_prepared(data: bytes, where: str, cfg: PreprocessConfig, max_pixels: int = DEFAULT_MAX_PIXELS,
+                    full_resolution: bool = False) -> tuple[Prepared, tuple[int, int]]:
+    """Encoded photograph -> (`Prepared` with its geometry in original pixels, original (H, W)).
+
+    A JPEG (and, by 4, a large PNG) is decoded at the largest reduction that keeps its shorter
+    side `drray.data.preprocess.decode_side(cfg)`; a fundus so much smaller than its frame that
+    its crop came out below the network's side is decoded again, finer, at the reduction its crop
+    allows. `full_resolution` decodes every file whole (the reference the reduced path is measured
+    against). Raises `ImageError`. Serving can call this on uploaded bytes.
+    """
+    from drray.data.preprocess import decode_side, enough_resolution, prepare
+
+    min_side = None if full_resolution else decode_side(cfg)
+    while True:
+        photo = decode_photo(data, where, max_pixels, min_side)
+        prep = prepare(photo.rgb, cfg, photo.scale, photo.shape)
+        if enough_resolution(prep.box, photo.scale, cfg):
+            return prep, photo.shape
+        # The shorter side that gives this crop decode_side(cfg) pixels, as the first guess meant
+        # to; at least one step finer than now, so the loop ends (at full resolution at the latest).
+        short = min(photo.shape)
+        min_side = max(-(-short * decode_side(cfg) // prep.box.side), short // photo.scale + 1)
+        log.debug("%s: crop of %d px at 1/%d is below %d px; decoding finer", where, prep.box.side,
+                  photo.scale, cfg.image_size)
+
+
+def read_prepared(path: str | os.PathLike, cfg: PreprocessConfig, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  full_resolution: bool = False) -> tuple[Prepared, tuple[int, int]]:
+    """`decode_prepared` of a file; raises `ImageError` (missing_file, ...)."""
+    return decode_prepared(read_bytes(path), str(path), cfg, max_pixels, full_resolution)
+
+
 def decode_record(
     path: str,
     cfg: PreprocessConfig,
     mask_paths: dict[str, str | None] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    full_resolution: bool = False,
 ) -> Decoded:
-    """Read + preprocess one photograph (and its masks, warped with the same geometry)."""
-    from drray.data.preprocess import prepare, prepare_mask
+    """Read + preprocess one photograph (and its masks, warped with the same geometry).
+
+    The geometry (box_*, orig_h, orig_w) is in pixels of the original photograph whatever scale
+    it was decoded at (see `read_prepared`); masks are read at full resolution and warped with it.
+    """
+    from drray.data.preprocess import prepare_mask
 
     size = cfg.image_size
     try:
-        rgb = read_rgb(path, max_pixels)
+        prep, (orig_h, orig_w) = read_prepared(path, cfg, max_pixels, full_resolution)
     except ImageError as e:
         return Decoded(
             np.zeros((size, size, 3), np.uint8),
@@ -88,10 +128,9 @@ def decode_record(
             e.reason,
             e.detail,
         )
-    prep = prepare(rgb, cfg)
     geometry = dict(
         box_y0=prep.box.y0, box_x0=prep.box.x0, box_side=prep.box.side,
-        orig_h=rgb.shape[0], orig_w=rgb.shape[1], quality_ok=bool(prep.quality_ok),
+        orig_h=orig_h, orig_w=orig_w, quality_ok=bool(prep.quality_ok),
     )
     bits = None
     if mask_paths is not None:
@@ -100,7 +139,7 @@ def decode_record(
             if not mp:
                 continue
             try:
-                m = read_mask(mp, shape=rgb.shape[:2])
+                m = read_mask(mp, shape=(orig_h, orig_w))
             except ImageError as e:
                 # Ingest already recorded unreadable masks; a mask that broke since is logged, not fatal.
                 log.warning("skipping %s mask of %s: %s", t, path, e)

@@ -1,4 +1,4 @@
-"""`drray ingest`: a dataset on disk -> `manifest.parquet` + `errors.parquet`.
+"""`drray ingest`: a dataset on disk -> `manifest.parquet` + `ingest_errors.parquet`.
 
     result = ingest("aptos2019", "data/aptos", "runs/aptos")
     print(result.summary())
@@ -33,16 +33,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from drray import storage
 from drray.data.sources import Candidate, Problem, get_source
 from drray.data.images import DEFAULT_MAX_PIXELS
 from drray.data.probe import probe_records
 from drray.schema import ERRORS_SCHEMA, GRADES, MANIFEST_SCHEMA, MASK_COLUMNS, SPLITS, Reason
 from drray.data.splits import assign_splits
+from drray.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.parquet"
-ERRORS_NAME = "errors.parquet"
 UNLABELLED = "unlabelled"
 _CSV_DEFAULTS = dict(csv_path=None, path_column="path", label_column="label", id_column=None, patient_column=None)
 
@@ -207,13 +207,6 @@ def _manifest_path(path: str, out: str) -> str:
     return os.path.relpath(path, out) if _inside(path, out) else path
 
 
-def _write(table: pa.Table, path: Path) -> None:
-    # Write then rename, so a reader never sees half a file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
 def _counts(splits: list[str], labels: list[int | None]) -> dict[str, dict]:
     """Rows by split, by grade and by both, for IngestResult."""
     grades = [UNLABELLED if g is None else str(g) for g in labels]
@@ -239,10 +232,10 @@ def ingest(
     patient_column: str | None = None,
     parallel: bool | None = None,
 ) -> IngestResult:
-    """Read dataset `source` under `root`, write `out/manifest.parquet` and `out/errors.parquet`.
+    """Read dataset `source` under `root`, write `out/manifest.parquet` and `out/ingest_errors.parquet`.
 
     parallel: probe images in Ray tasks; None = when there are more than 256 images.
-    Raises NoUsableImages when no row could be kept (errors.parquet is written first).
+    Raises NoUsableImages when no row could be kept (ingest_errors.parquet is written first).
     """
     src = get_source(source)
     root = Path(root)
@@ -256,14 +249,15 @@ def ingest(
                     {k: v for k, v in options.items() if v != _CSV_DEFAULTS[k]}, source)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path, errors_path = out_dir / MANIFEST_NAME, out_dir / ERRORS_NAME
+    run = RunDir(out_dir)
+    manifest_path, errors_path = Path(run.manifest), Path(run.ingest_errors)
 
     records = list(src.scan(root, **options))
     log.info("%s: %d records found under %s", source, len(records), root)
     kept, errors = validate(records, root)
 
     rows, sizes = _probe(kept, max_pixels, parallel, errors)
-    _write(pa.Table.from_pylist(errors, schema=ERRORS_SCHEMA), errors_path)
+    storage.write_parquet(errors_path, pa.Table.from_pylist(errors, schema=ERRORS_SCHEMA))
     errors_by_reason = dict(Counter(e["reason"] for e in errors))
     if not rows:
         if records:
@@ -294,7 +288,7 @@ def ingest(
         "width": [w for w, _ in sizes],
         "height": [h for _, h in sizes],
     }
-    _write(pa.Table.from_pydict(columns, schema=MANIFEST_SCHEMA), manifest_path)
+    storage.write_parquet(manifest_path, pa.Table.from_pydict(columns, schema=MANIFEST_SCHEMA))
 
     result = IngestResult(
         manifest_path=manifest_path,
@@ -343,5 +337,5 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def read_errors(path: str | os.PathLike) -> pd.DataFrame:
-    """An errors table written by `ingest` (or any drray stage), schema-checked."""
+    """An errors table written by `ingest` (ingest_errors.parquet), schema-checked."""
     return _read(path, ERRORS_SCHEMA, "errors table")

@@ -1,16 +1,14 @@
-"""Fundus preprocessing: find the circular field of view, crop it to a square, resize, normalise.
+"""Fundus preprocessing: crop the field of view to a square, resize, Ben Graham; masks and coordinates alike.
 
 One set of pure numpy/OpenCV functions used by training, batch explanation and serving, so a
-photograph becomes the same network input everywhere. Coordinates follow OpenCV's convention:
-pixel (i, j) has its centre at y=i, x=j and covers [i-0.5, i+0.5] x [j-0.5, j+0.5].
+photograph becomes the same network input everywhere. The field of view comes from
+`drray.data.fundus.find_fundus`; photographs where none is found get a centre square crop and
+`quality_ok=False`. Coordinates follow OpenCV's convention: pixel (i, j) has its centre at y=i,
+x=j and covers [i-0.5, i+0.5] x [j-0.5, j+0.5].
 
-The field of view is found on a copy shrunk to 256-511 px: threshold the brightest channel
-against the dark surround, keep the largest component, and fit a circle by least squares to the
-component's boundary points that are not on the image border or on a straight edge. That rule
-is what makes the fit robust to fields cut off by the frame (APTOS crops the top and bottom of
-the disc), also when such an image was later padded back to a square, and to discs that are
-off-centre; a robust refit drops outliers such as the notch some cameras print on the rim. Images with no dark surround or no round bright region (all-black, uniform, a
-full-frame crop) get `found=False` and fall back to a centre square crop.
+A photograph decoded at reduced scale (drray.data.images.read_photo) comes with that `scale` and
+its original `shape`; the crop box is then still in pixels of the original, so lesion masks (read
+at full resolution) and peak coordinates need no other convention.
 """
 
 from __future__ import annotations
@@ -22,36 +20,17 @@ import cv2
 import numpy as np
 
 from drray.config import PreprocessConfig
+from drray.data.fundus import (  # noqa: F401  (FundusCircle and find_fundus stay importable from here)
+    DECODE_MARGIN,
+    FundusCircle,
+    centre_circle,
+    check_rgb,
+    field_mask,
+    find_fundus,
+    original_shape,
+)
 
 logger = logging.getLogger(__name__)
-
-WORK_SIDE = 256
-"""The circle is searched on a copy shrunk by an integer factor to a longer side of 256-511 px."""
-_LO_PCT, _HI_PCT = 1.0, 99.0
-_MIN_CONTRAST = 12.0  # grey levels between surround and fundus below which nothing is "found"
-_THRESH_FRAC = 0.1  # share of the surround-to-bright range: low, so dim vignetted rims still count
-_MIN_STEP = 4.0  # grey levels above the surround, so JPEG noise in a black surround stays out
-_MIN_AREA_FRAC = 0.05  # a field of view smaller than this share of the frame is not a fundus
-# The fitted circle must explain the bright region. Fundus photographs score >= 0.997 inside;
-# noise, triangles and ellipses < 0.9. Coverage may be low where a cut-off field was letterboxed.
-_MIN_INSIDE = 0.95
-_MIN_COVERED = 0.6
-_MIN_POINTS = 12
-_STRAIGHT_FRAC = 0.25  # share of rows/columns ending on one line that marks a straight cut
-
-
-@dataclass(frozen=True)
-class FundusCircle:
-    """Field of view, in pixels of the source image.
-
-    When `found` is False this is the circle inscribed in the centre square, so downstream
-    geometry (crop, rim mask) still works.
-    """
-
-    cx: float
-    cy: float
-    r: float
-    found: bool
 
 
 @dataclass(frozen=True)
@@ -74,159 +53,6 @@ class Prepared:
     """The field of view in source pixels (see `circle_in_box` for prepared pixels)."""
     quality_ok: bool
     """False when no fundus was found: the image is a centre crop and predictions on it are suspect."""
-
-
-def _check_rgb(img: np.ndarray, what: str = "image") -> None:
-    if not isinstance(img, np.ndarray):
-        raise ValueError(f"{what} must be a numpy array, got {type(img).__name__}")
-    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-        raise ValueError(
-            f"{what} must be an (H, W, 3) uint8 RGB array, got shape {img.shape} dtype {img.dtype}; "
-            "read files with drray.data.images.read_rgb, which converts grayscale, RGBA and 16-bit images"
-        )
-    if img.shape[0] < 1 or img.shape[1] < 1:
-        raise ValueError(f"{what} is empty: shape {img.shape}")
-
-
-def _centre_circle(h: int, w: int) -> FundusCircle:
-    return FundusCircle(cx=(w - 1) / 2.0, cy=(h - 1) / 2.0, r=min(h, w) / 2.0, found=False)
-
-
-def _fit_circle(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-    """Algebraic (Kasa) least-squares circle through points; centred first for conditioning."""
-    mx, my = x.mean(), y.mean()
-    u, v = x - mx, y - my
-    a = np.stack([u, v, np.ones_like(u)], axis=1)
-    sol, *_ = np.linalg.lstsq(a, u * u + v * v, rcond=None)
-    cu, cv = sol[0] / 2.0, sol[1] / 2.0
-    r2 = sol[2] + cu * cu + cv * cv
-    return float(cu + mx), float(cv + my), float(np.sqrt(max(r2, 0.0)))
-
-
-def _off_straight_cut(ends: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """Drop ends that line up on one straight edge: a field cut off and then padded (letterboxed).
-
-    The flat top of a true circle spans ~2*sqrt(2r) lines (12% of them at r=128); a cut spans far more.
-    """
-    if keep.sum() == 0:
-        return keep
-    values, counts = np.unique(ends[keep], return_counts=True)
-    mode = values[counts.argmax()]
-    if counts.max() + counts[np.abs(values - mode) == 1].sum() > _STRAIGHT_FRAC * ends.size:
-        keep = keep & (np.abs(ends - mode) > 1)
-    return keep
-
-
-def _boundary_points(fov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Left/right ends of each row and top/bottom ends of each column, where the disc itself ends.
-
-    Ends on the image border or on a straight edge are where the frame cut the field, so they
-    are left out. Points are on pixel edges (first index - 0.5, last index + 0.5).
-    """
-    h, w = fov.shape
-    xs: list[np.ndarray] = []
-    ys: list[np.ndarray] = []
-    for m, n, transpose in ((fov, w, False), (fov.T, h, True)):
-        rows = np.flatnonzero(m.any(axis=1))
-        first = m[rows].argmax(axis=1)
-        last = n - 1 - m[rows, ::-1].argmax(axis=1)
-        for ends, edge, keep in ((first, -0.5, first > 0), (last, 0.5, last < n - 1)):
-            keep = _off_straight_cut(ends, keep)
-            along, across = ends[keep] + edge, rows[keep].astype(np.float64)
-            xs.append(across if transpose else along)
-            ys.append(along if transpose else across)
-    return np.concatenate(xs), np.concatenate(ys)
-
-
-def _largest_filled_component(mask: np.ndarray) -> np.ndarray:
-    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    out = np.zeros_like(mask)
-    if n <= 1:
-        return out
-    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    # Fill holes (a dark macula or vessels under the threshold in a dim photo) via the outer contour.
-    contours, _ = cv2.findContours((labels == best).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(out, contours, -1, 1, thickness=cv2.FILLED)
-    return out
-
-
-def _field_mask(rgb: np.ndarray) -> np.ndarray | None:
-    """(H, W) uint8 0/1: the largest bright region, holes filled; None when there is no contrast."""
-    # The brightest channel (red in a fundus) keeps the most signal in under-exposed photographs.
-    grey = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
-    lo, hi = np.percentile(grey, (_LO_PCT, _HI_PCT))
-    if hi - lo < _MIN_CONTRAST:
-        logger.debug("no fundus: contrast %.1f grey levels (surround %.0f, bright %.0f)", hi - lo, lo, hi)
-        return None
-    thresh = lo + max(_THRESH_FRAC * (hi - lo), _MIN_STEP)
-    return _largest_filled_component((grey > thresh).astype(np.uint8))
-
-
-def _shrink(img: np.ndarray) -> tuple[np.ndarray, int, float, float]:
-    """Shrink by an integer factor k to a longer side of WORK_SIDE..2*WORK_SIDE-1 px.
-
-    Returns the copy, k, and the source coordinates (oy, ox) of its pixel (0, 0)'s centre: small
-    pixel (y, x) sits at source (y * k + oy, x * k + ox). Large photographs are block-averaged
-    over every s-th row only: OpenCV reads a row-strided view without copying, which makes an
-    APTOS-sized photograph 4x cheaper, and the circle's edge is no sharper than a few rows anyway.
-    """
-    h, w = img.shape[:2]
-    k = max(1, min(max(h, w) // WORK_SIDE, min(h, w) // 8))
-    if k == 1:
-        return img, 1, 0.0, 0.0
-    s, a = (k // 2, 2) if k >= 4 else (1, k)  # row stride, then rows averaged per block
-    k = s * a
-    o = s // 2  # sample rows near the middle of each stride
-    sh, sw = (h - o) // k, w // k
-    # The < k trailing rows and columns left out only look like a frame edge, which the fit ignores.
-    small = cv2.resize(img[o : o + sh * k : s, : sw * k], (sw, sh), interpolation=cv2.INTER_AREA)
-    return small, k, o + (a - 1) * s / 2.0, (k - 1) / 2.0
-
-
-def find_fundus(img: np.ndarray) -> FundusCircle:
-    """Locate the circular field of view of a fundus photograph (H, W, 3) uint8 RGB."""
-    _check_rgb(img)
-    h, w = img.shape[:2]
-    if min(h, w) < 8:
-        logger.debug("no fundus: image %dx%d is too small", w, h)
-        return _centre_circle(h, w)
-    small, k, oy, ox = _shrink(img)
-    sh, sw = small.shape[:2]
-    fov = _field_mask(small)
-    if fov is None:
-        return _centre_circle(h, w)
-    area = int(fov.sum())
-    if area < _MIN_AREA_FRAC * sh * sw:
-        logger.debug("no fundus: largest bright region is %.1f%% of the frame", 100.0 * area / (sh * sw))
-        return _centre_circle(h, w)
-    px, py = _boundary_points(fov.astype(bool))
-    if px.size < _MIN_POINTS:
-        logger.debug("no fundus: bright region has no edge inside the frame (full-frame image?)")
-        return _centre_circle(h, w)
-    px, py = px * k + ox, py * k + oy  # to source pixels before fitting
-    keep = np.ones(px.size, dtype=bool)
-    for _ in range(3):
-        cx, cy, r = _fit_circle(px[keep], py[keep])
-        resid = np.abs(np.hypot(px - cx, py - cy) - r)
-        mad = np.median(resid[keep])
-        new_keep = resid <= max(float(k), 3.0 * 1.4826 * mad)
-        if new_keep.sum() < _MIN_POINTS or np.array_equal(new_keep, keep):
-            break
-        keep = new_keep
-    if not (0 < r <= max(h, w)):
-        logger.debug("no fundus: fitted radius %.1f px is implausible for a %dx%d image", r, w, h)
-        return _centre_circle(h, w)
-    yy, xx = np.ogrid[:sh, :sw]
-    disc = np.hypot(xx * k + ox - cx, yy * k + oy - cy) <= r
-    inter = np.count_nonzero(disc & fov.astype(bool))
-    inside, covered = inter / max(1, area), inter / max(1, np.count_nonzero(disc))
-    logger.debug("fundus fit: share of bright region in circle %.3f, share of circle covered %.3f", inside, covered)
-    if inside < _MIN_INSIDE or covered < _MIN_COVERED:
-        logger.debug("no fundus: bright region is not round")
-        return _centre_circle(h, w)
-    return FundusCircle(cx=cx, cy=cy, r=r, found=True)
-
 
 def centre_box(shape: tuple[int, int], pad: bool = False) -> CropBox:
     """The centred square of an (H, W) image: inside it (`pad=False`) or padding all of it (`pad=True`)."""
@@ -286,7 +112,7 @@ def ben_graham(
         pixels only (normalised convolution) and the rest is set to 0, so padding past a cut-off
         field does not leave dark-and-bright bands along the cut.
     """
-    _check_rgb(img)
+    check_rgb(img)
     if not sigma > 0:
         raise ValueError(f"ben_graham sigma must be > 0 pixels, got {sigma}")
     h, w = img.shape[:2]
@@ -302,7 +128,7 @@ def ben_graham(
         blur = num / np.maximum(den, 1e-6)[..., None]
         out = np.clip(4.0 * (img - blur) + 128.0 + 0.5, 0, 255).astype(np.uint8)
         out[~valid] = 0
-    c = circle if circle is not None else _centre_circle(h, w)
+    c = circle if circle is not None else centre_circle(h, w)
     yy, xx = np.ogrid[:h, :w]
     outside = (xx - c.cx) ** 2 + (yy - c.cy) ** 2 > (rim * c.r) ** 2
     out[outside] = 0
@@ -326,20 +152,62 @@ def _resize(arr: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(arr, (size, size), interpolation=interp)
 
 
-def prepare(img: np.ndarray, cfg: PreprocessConfig) -> Prepared:
+def crop_resized(img: np.ndarray, box: CropBox, size: int, scale: int = 1) -> np.ndarray:
+    """Cut `box` (in pixels of the original photograph) out of `img` decoded at 1/scale; resize to (size, size).
+
+    At scale 1 the crop is exact. A reduced decode maps the box to fractional positions: it is
+    resampled bilinearly onto the smallest multiple of `size` at least box.side/scale (enlarging
+    by less than 2x, so nothing aliases) and area-averaged by that integer factor, so the network
+    pixels cover the same part of the photograph as at full resolution. Parts outside the image
+    are black either way.
+    """
+    if scale == 1:
+        return _resize(crop_square(img, box), size)
+    side = box.side / scale  # the box in reduced pixels, edge to edge
+    k = max(1, int(np.ceil(side / size - 1e-9)))  # integer: cv2's fast INTER_AREA path below
+    n = k * size
+    a = side / n  # reduced pixels per pixel of the n-grid (<= 1: no aliasing in the bilinear step)
+    # Inverse map: grid pixel u's centre sits at reduced coordinate x0/scale + (u + 0.5) * a - 0.5.
+    m = np.array([[a, 0.0, box.x0 / scale + 0.5 * a - 0.5], [0.0, a, box.y0 / scale + 0.5 * a - 0.5]])
+    grid = cv2.warpAffine(img, m, (n, n), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return grid if k == 1 else cv2.resize(grid, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def decode_side(cfg: PreprocessConfig) -> int:
+    """The shorter side a photograph must keep when it is decoded at reduced scale for `cfg`.
+
+    A fundus fills about the shorter side of its frame, so this keeps the crop DECODE_MARGIN times
+    the network's side: the final area-shrink still averages over more than one decoded pixel,
+    which is what keeps the result within a grey level or two of a full-resolution decode.
+    `prepare` checks the crop it actually got (`enough_resolution`) for a fundus smaller than that.
+    """
+    return int(np.ceil(DECODE_MARGIN * cfg.image_size))
+
+
+def enough_resolution(box: CropBox, scale: int, cfg: PreprocessConfig) -> bool:
+    """Whether a decode at 1/scale gives the crop `box` at least the network's side in pixels."""
+    return scale == 1 or box.side / scale >= cfg.image_size
+
+
+def prepare(img: np.ndarray, cfg: PreprocessConfig, scale: int = 1, shape: tuple[int, int] | None = None) -> Prepared:
     """Photograph -> network input: crop to the fundus (if cfg.crop), resize, Ben Graham (if set).
 
     Without cfg.crop the box is the centred square padding the whole image, so `prepare_mask` and
     `box_to_image_coords` apply either way.
+    scale, shape: `img` was decoded at 1/scale of a photograph of `shape` (H, W), e.g. by
+    drray.data.images.read_photo; the box and circle are then in pixels of that original, so
+    masks and peak coordinates stay at full resolution.
     """
-    _check_rgb(img)
-    circle = find_fundus(img)
-    box = fundus_box(circle, img.shape[:2]) if cfg.crop else centre_box(img.shape[:2], pad=True)
-    out = _resize(crop_square(img, box), cfg.image_size)
+    check_rgb(img)
+    shape = original_shape(img, scale, shape)
+    circle = find_fundus(img, scale, shape)
+    box = fundus_box(circle, shape) if cfg.crop else centre_box(shape, pad=True)
+    out = crop_resized(img, box, cfg.image_size, scale)
     if cfg.ben_graham:
         sigma = cfg.ben_graham_sigma_frac * cfg.image_size
         size = cfg.image_size
-        valid = _footprint(box, img.shape[:2], size)
+        valid = _footprint(box, shape, size)
         rim_circle = None
         if circle.found:
             # The local average is taken over the field only: the dark surround, and the black
@@ -347,7 +215,7 @@ def prepare(img: np.ndarray, cfg: PreprocessConfig) -> Prepared:
             rim_circle = circle_in_box(circle, box, size)
             yy, xx = np.ogrid[:size, :size]
             valid &= (xx - rim_circle.cx) ** 2 + (yy - rim_circle.cy) ** 2 <= rim_circle.r ** 2
-            field = _field_mask(out)
+            field = field_mask(out)
             if field is not None:
                 # Eroded by a pixel: edge pixels that resizing mixed with the black are too dark.
                 valid &= cv2.erode(field, np.ones((3, 3), np.uint8)).astype(bool)

@@ -8,6 +8,11 @@ microaneurysm still counts), and tests call them with small hand-made arrays.
 A map with no mass (all zeros, which Grad-CAM gives when every gradient is negative) has no
 peak and no distribution: `peak` returns None, `entropy` and `energy_share` return NaN, and
 `pointing_hit` returns False (a map that points nowhere misses).
+
+Baselines make those scores readable: `chance_hit_rate` is what a peak dropped uniformly at
+random inside the field of view scores in the pointing game (computed exactly, no sampling), and
+`lesion_area_share` is what a uniform map scores in `energy_share`. `rank_correlation` compares
+two maps of one image (the model-randomisation sanity check, drray.cam.sanity).
 """
 
 from __future__ import annotations
@@ -103,3 +108,55 @@ def energy_share(cam: np.ndarray, mask: np.ndarray) -> float:
     if total <= 0.0:
         return float("nan")
     return float(c[m].sum() / total)
+
+
+def _check_field(lesions: np.ndarray, field: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    lesions, field = np.asarray(lesions), np.asarray(field)
+    if lesions.ndim != 2 or lesions.shape != field.shape:
+        raise ValueError(f"lesions {lesions.shape} and field {field.shape} must be (H, W) masks of one shape")
+    return lesions.astype(bool, copy=False), field.astype(bool, copy=False)
+
+
+def chance_hit_rate(lesions: np.ndarray, field: np.ndarray, tolerance_px: float = 0.0) -> float:
+    """Pointing-game score of a random peak: the share of field pixels within `tolerance_px` of a lesion pixel.
+
+    Exact: one Euclidean distance transform of the lesion mask, then the same test as
+    `pointing_hit` (squared pixel distance <= tolerance squared) on every field pixel. Lesion
+    pixels outside the field still count, as they do for a peak. 0.0 without lesions (every peak
+    misses); NaN for an empty field.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    lesions, field = _check_field(lesions, field)
+    if tolerance_px < 0:
+        raise ValueError(f"tolerance_px must be >= 0, got {tolerance_px}")
+    if not field.any():
+        return float("nan")
+    if not lesions.any():
+        return 0.0
+    # Squared distances are integers; rounding the transform's square undoes its sqrt exactly.
+    d2 = np.rint(distance_transform_edt(~lesions) ** 2)
+    return float((d2[field] <= tolerance_px * tolerance_px).mean())
+
+
+def lesion_area_share(lesions: np.ndarray, field: np.ndarray) -> float:
+    """Share of the field of view covered by lesions (what a uniform map scores in `energy_share`); NaN for no field."""
+    lesions, field = _check_field(lesions, field)
+    n = int(field.sum())
+    return float(np.count_nonzero(lesions & field) / n) if n else float("nan")
+
+
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman correlation of two maps over their pixels (ties share their mean rank); NaN when one is constant."""
+    from scipy.stats import rankdata
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.size < 2:
+        raise ValueError(f"rank_correlation needs two maps of one shape with >= 2 pixels, got {a.shape} and {b.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("maps have NaN or infinite values")
+    ra, rb = rankdata(a.ravel()), rankdata(b.ravel())
+    ra -= ra.mean()
+    rb -= rb.mean()
+    den = np.sqrt((ra * ra).sum() * (rb * rb).sum())
+    return float((ra * rb).sum() / den) if den > 0 else float("nan")

@@ -3,33 +3,39 @@
 The pipeline streams; nothing is collected to the driver:
 
     manifest rows --(tasks: read, decode, preprocess; data.build_dataset)--> images (+ lesion masks)
-        --(actor pool: model + CAM engines, drray.explain.actor.Explainer)--> one row per image and method
+        --(actor pool: a drray.inference.Predictor each, drray.explain.actor.Explainer)--> one row per image and method
         --(write tasks: drray.explain.sink)--> OUT/explanations/dataset=D/split=S/*.parquet
-                                               OUT/errors/*.parquet
+                                               OUT/explain_errors/*.parquet
+
+The model dir is read once on the driver (local path or URI) and its bytes travel to the actors
+through Ray's object store, so worker nodes need not see the driver's filesystem; images and
+masks, on the other hand, are read by decode tasks on any node: keep them on shared storage
+(a filesystem every node mounts, or object storage).
 
 Rerunning the same command skips what is already there: the (image_id, cam_method, model_id)
-keys of OUT/explanations and the (image_id, model_id) keys of OUT/errors are read first (three
-small columns, not the maps) and the manifest is filtered before anything is decoded. An image
-recorded as an error is not retried; delete OUT/errors/ to retry all of them after fixing files.
+keys of OUT/explanations and the (image_id, model_id) keys of OUT/explain_errors are read first
+(three small columns, not the maps) and the manifest is filtered before anything is decoded. An
+image recorded as an error is not retried; delete OUT/explain_errors/ to retry all of them.
 Passing `methods=()` predicts only (one row per image, no map): the cheapest way to grade an archive.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import posixpath
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 
 from drray.config import CamConfig
 from drray.data.images import DEFAULT_MAX_PIXELS
+from drray.rundir import RunDir
 from drray.schema import MASK_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -58,11 +64,11 @@ class ExplainResult:
 
     @property
     def explanations_dir(self) -> str:
-        return posixpath.join(self.out, "explanations")
+        return RunDir(self.out).explanations
 
     @property
     def errors_dir(self) -> str:
-        return posixpath.join(self.out, "errors")
+        return RunDir(self.out).explain_errors
 
     def summary(self) -> str:
         what = ", ".join(self.methods) if self.methods else "predictions only"
@@ -81,11 +87,14 @@ class ExplainResult:
         return "\n".join(lines)
 
 
-def _read_keys(fs, path: str, columns: list[str], model_id: str) -> pd.DataFrame:
+def _read_keys(location: str, columns: list[str], model_id: str) -> pd.DataFrame:
     """Key columns of the rows of `model_id` in a Parquet directory (an empty frame when there is none)."""
     import pyarrow.dataset as pads
     from pyarrow import fs as pafs
 
+    from drray.storage import filesystem
+
+    fs, path = filesystem(location)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return pd.DataFrame(columns=columns)
     dataset = pads.dataset(path, format="parquet", filesystem=fs, partitioning="hive")
@@ -151,55 +160,66 @@ def explain(
     cam: CamConfig | None = None,
     split: str | list[str] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    decode_cpus: float = 0.5,
+    console: Any = None,
 ) -> ExplainResult:
     """Predict, explain and score every image of `manifest` with the model in `model_dir`, into `out`.
 
     methods: CAM methods (`drray.CAM_METHODS`); None takes `cam.methods`; () predicts only.
     cam: maps, actors and resources (`CamConfig`).
     split: one split or a list of splits of the manifest; None explains every image.
-    out: a run directory (local or a pyarrow URI such as s3://...): writes out/explanations/ and out/errors/.
+    max_pixels: images above this many pixels become `image_too_large` errors (data.max_image_pixels).
+    decode_cpus: CPUs per decode task (data.decode_cpus).
+    console: a `drray.console.Console` showing one progress bar (images, images/s).
+    out: a run directory (local or a pyarrow URI such as s3://...): writes out/explanations/ and
+        out/explain_errors/.
     """
     import ray
 
-    from drray.cam.registry import get_method
+    from drray.cam.methods import get_method
     from drray.cluster import connect
     from drray.data.dataset import build_dataset, load_manifest
-    from drray.explain.sink import (ERRORS_DIR, EXPLANATIONS_DIR, STAGING_DIR, ExplanationSink, remove_empty_dir,
-                                    resolve_filesystem)
     from drray.explain.actor import Explainer
-    from drray.models.card import CARD_FILE, ModelCard
+    from drray.explain.progress import ExplainProgress
+    from drray.explain.sink import ExplanationSink, remove_empty_dir
+    from drray.models.model import read_model_files
+    from drray.storage import filesystem
 
     cam = cam or CamConfig()
     methods = [get_method(m).name for m in (cam.methods if methods is None else methods)]
     if len(set(methods)) != len(methods):
         raise ValueError(f"CAM methods repeat: {methods}")
-    model_dir = str(Path(model_dir).resolve())
-    card = ModelCard.read(Path(model_dir) / CARD_FILE)
-    fs, root = resolve_filesystem(out)
-    out = str(out) if "://" in str(out) else root
+    files = read_model_files(model_dir)
+    card = files.read_card()  # the driver never builds the network
+    run = RunDir(out)
+    fs, _ = filesystem(out)
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
-    result = ExplainResult(out=out, model_id=card.model_id, methods=methods, run_id=run_id)
+    result = ExplainResult(out=str(out), model_id=card.model_id, methods=methods, run_id=run_id)
     start = time.perf_counter()
 
     df = load_manifest(manifest, split)
-    done = _read_keys(fs, posixpath.join(root, EXPLANATIONS_DIR), ["image_id", "cam_method"], card.model_id)
-    failed = _read_keys(fs, posixpath.join(root, ERRORS_DIR), ["image_id"], card.model_id)
+    done = _read_keys(run.explanations, ["image_id", "cam_method"], card.model_id)
+    failed = _read_keys(run.explain_errors, ["image_id"], card.model_id)
     groups, result.skipped_done, result.skipped_failed = plan_work(df, methods, done, failed)
     log.info("explain run %s: %d images in the manifest, %d rows already written, %d images already failed",
              run_id, len(df), result.skipped_done, result.skipped_failed)
 
     if groups:
         connect()
+        model_ref = ray.put(files)
     errors: Counter = Counter()
+    total = sum(len(rows) for rows in groups.values())
+    progress = ExplainProgress(console, total) if console is not None and groups else None
     prep = card.preprocess_config()
     for k, (todo_methods, rows) in enumerate(groups.items()):
         log.info("explaining %d images with %s", len(rows), ", ".join(todo_methods) or "predictions only")
         ds = build_dataset(_absolute_paths(rows, manifest), prep, with_masks=True, max_pixels=max_pixels,
-                           batch_size=cam.batch_size, num_cpus=cam.decode_cpus)
+                           batch_size=cam.batch_size, num_cpus=decode_cpus)
         gpus = {"num_gpus": cam.gpus_per_actor} if cam.gpus_per_actor > 0 else {}
         ds = ds.map_batches(
             Explainer,
-            fn_constructor_kwargs=dict(model_dir=model_dir, methods=list(todo_methods), cam=cam),
+            fn_constructor_kwargs=dict(model=model_ref, methods=list(todo_methods), cam=cam, max_pixels=max_pixels,
+                                       progress=progress.counter if progress is not None else None),
             batch_size=int(cam.batch_size),  # an integer: required with GPU actors
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=cam.num_actors),
@@ -210,12 +230,13 @@ def explain(
         sink = ExplanationSink(out, f"{run_id}-{k}")
         # Writing is light (Parquet encoding): a small CPU share keeps it from starving decode tasks,
         # and one writer per actor keeps up without spawning a worker process per free CPU share.
-        ds.write_datasink(sink, ray_remote_args={"num_cpus": 0.25}, concurrency=cam.num_actors)
+        with progress or contextlib.nullcontext():
+            ds.write_datasink(sink, ray_remote_args={"num_cpus": 0.25}, concurrency=cam.num_actors)
         result.images += len(rows)
         result.rows_written += sink.stats.rows
         errors.update(sink.stats.errors)
     result.errors = dict(errors)
-    remove_empty_dir(fs, posixpath.join(root, STAGING_DIR))
+    remove_empty_dir(fs, filesystem(run.staging)[1])
     result.seconds = time.perf_counter() - start
     log.info("explain run %s done: %d rows, %d errors in %.1f s", run_id, result.rows_written,
              sum(result.errors.values()), result.seconds)

@@ -1,11 +1,11 @@
 """The Ray Data sink of `drray explain`: each write task -> explanation and error part files, exactly once.
 
-Rows arrive as one stream (`drray.explain.actor.ROW_SCHEMA`): explanation rows, and error rows
-(`error_reason` set) for images that could not be read or explained. Each write task splits its
+Rows arrive as one stream (`schema.EXPLAIN_STREAM_SCHEMA`): explanation rows, and error rows
+(`reason` set) for images that could not be read or explained. Each write task splits its
 blocks and writes
 
     OUT/explanations/dataset=D/split=S/part-RUN-TASK-I.parquet   (hive partitions, as write_parquet)
-    OUT/errors/part-RUN-TASK.parquet
+    OUT/explain_errors/part-RUN-TASK.parquet
 
 File names depend only on the run id and the write task's index, and every file is written under
 OUT/.staging/ first and then moved into place. A write task that Ray runs again (its worker or
@@ -31,22 +31,13 @@ from pyarrow import fs as pafs
 from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
-from drray.explain.actor import ERROR_ROW_SCHEMA, EXPLANATION_ROW_SCHEMA
+from drray.rundir import EXPLAIN_ERRORS, EXPLANATIONS, STAGING
+from drray.schema import EXPLAIN_ERRORS_SCHEMA, EXPLANATIONS_SCHEMA
+from drray.storage import filesystem
 
 log = logging.getLogger(__name__)
 
 PARTITION_COLUMNS = ["dataset", "split"]
-EXPLANATIONS_DIR = "explanations"
-ERRORS_DIR = "errors"
-STAGING_DIR = ".staging"
-
-
-def resolve_filesystem(out: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
-    """(pyarrow FileSystem, path in it) for a local directory or a URI such as s3://bucket/run."""
-    out = str(out)
-    if "://" in out:
-        return pafs.FileSystem.from_uri(out)
-    return pafs.LocalFileSystem(), os.path.abspath(out)
 
 
 def remove_empty_dir(fs: pafs.FileSystem, path: str) -> None:
@@ -76,23 +67,23 @@ class WriteStats:
 def split_rows(table: pa.Table) -> tuple[pa.Table, pa.Table]:
     """One block of pipeline rows -> (explanation rows, error rows), each in its table's schema."""
     is_error = pc.is_valid(table["reason"])
-    explanations = table.filter(pc.invert(is_error)).select(EXPLANATION_ROW_SCHEMA.names)
-    errors = table.filter(is_error).select(ERROR_ROW_SCHEMA.names)
-    return explanations.cast(EXPLANATION_ROW_SCHEMA), errors.cast(ERROR_ROW_SCHEMA)
+    explanations = table.filter(pc.invert(is_error)).select(EXPLANATIONS_SCHEMA.names)
+    errors = table.filter(is_error).select(EXPLAIN_ERRORS_SCHEMA.names)
+    return explanations.cast(EXPLANATIONS_SCHEMA), errors.cast(EXPLAIN_ERRORS_SCHEMA)
 
 
 def write_part(out: str | os.PathLike, name: str, table: pa.Table) -> WriteStats:
     """Write one block of pipeline rows as the part files called `name` (see module docstring)."""
-    fs, root = resolve_filesystem(out)
+    fs, root = filesystem(out)
     explanations, errors = split_rows(table)
     stats = WriteStats(rows=explanations.num_rows, errors=Counter(errors["reason"].to_pylist()))
-    staging = posixpath.join(root, STAGING_DIR, name)
+    staging = posixpath.join(root, STAGING, name)
     moves: list[tuple[str, str]] = []
     if explanations.num_rows:
         staged: list[str] = []
         pads.write_dataset(
             explanations,
-            posixpath.join(staging, EXPLANATIONS_DIR),
+            posixpath.join(staging, EXPLANATIONS),
             format="parquet",
             partitioning=PARTITION_COLUMNS,
             partitioning_flavor="hive",
@@ -104,10 +95,10 @@ def write_part(out: str | os.PathLike, name: str, table: pa.Table) -> WriteStats
         for src in staged:
             moves.append((src, posixpath.join(root, posixpath.relpath(src, staging))))
     if errors.num_rows:
-        fs.create_dir(posixpath.join(staging, ERRORS_DIR), recursive=True)
-        src = posixpath.join(staging, ERRORS_DIR, f"part-{name}.parquet")
+        fs.create_dir(posixpath.join(staging, EXPLAIN_ERRORS), recursive=True)
+        src = posixpath.join(staging, EXPLAIN_ERRORS, f"part-{name}.parquet")
         pq.write_table(errors, src, filesystem=fs)
-        moves.append((src, posixpath.join(root, ERRORS_DIR, f"part-{name}.parquet")))
+        moves.append((src, posixpath.join(root, EXPLAIN_ERRORS, f"part-{name}.parquet")))
     for src, dst in moves:
         fs.create_dir(posixpath.dirname(dst), recursive=True)
         fs.move(src, dst)
@@ -128,8 +119,8 @@ class ExplanationSink(Datasink[WriteStats]):
         return "WriteExplanations"
 
     def on_write_start(self, schema: pa.Schema | None = None) -> None:
-        fs, root = resolve_filesystem(self.out)
-        for sub in (EXPLANATIONS_DIR, ERRORS_DIR, STAGING_DIR):
+        fs, root = filesystem(self.out)
+        for sub in (EXPLANATIONS, EXPLAIN_ERRORS, STAGING):
             fs.create_dir(posixpath.join(root, sub), recursive=True)
 
     def write(self, blocks: Iterable[Any], ctx: Any) -> WriteStats:

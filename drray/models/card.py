@@ -59,7 +59,10 @@ class ModelCard:
     temperature: float | None = None
     """Ordinal head: tau of the cumulative logistic grade probabilities (see drray.models.ordinal)."""
     cam_target_layer: str | None = None
-    """Module name (inside the backbone) of the CAM target layer; None resolves it per family."""
+    """Module name (inside the backbone) of the CAM target layer; None resolves it by stride."""
+    cam_target_stride: int | None = None
+    """Output stride (8, 16, 32) of the CAM target layer: the layer's when both are set (what it was
+    resolved from), the one to resolve when cam_target_layer is None; None: drray's default stride."""
     metrics: dict[str, Any] = field(default_factory=dict)
     drray_version: str = ""
     model_id: str = ""

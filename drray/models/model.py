@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import logging
 import os
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from drray import storage
 from drray.config import PreprocessConfig
 from drray.models.card import CARD_FILE, HEAD_OUTPUTS, WEIGHTS_FILE, ModelCard, drray_version
 from drray.models.ordinal import (
@@ -128,7 +131,8 @@ def list_backbones(pattern: str = "*", pretrained: bool = False) -> list[str]:
     return timm.list_models(pattern, pretrained=pretrained)
 
 
-def _check_timm_name(name: str) -> None:
+def check_backbone_name(name: str) -> None:
+    """A ValueError (with close matches) unless `create_model` accepts `name`: a timm name, hf-hub:... or local-dir:...."""
     import timm
 
     if isinstance(name, str) and name.startswith(("hf-hub:", "local-dir:")):
@@ -203,7 +207,7 @@ def create_model(
     preprocess: crop/normalise options stored with the model; its image_size is replaced by the
     input size.
     """
-    _check_timm_name(name)
+    check_backbone_name(name)
     if head not in HEAD_OUTPUTS:
         raise ValueError(f"head must be one of {sorted(HEAD_OUTPUTS)}, got {head!r}")
     if pretrained and pretrained_path:
@@ -248,84 +252,95 @@ def create_model(
 
 
 # -------------------------------------------------------------------------------------- model dirs
-def _plain_json(obj: Any) -> Any:
-    """Metrics as strict JSON: numpy scalars and arrays to Python, non-finite floats to None."""
-    if isinstance(obj, dict):
-        return {str(k): _plain_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, np.ndarray)):
-        return [_plain_json(v) for v in (obj.tolist() if isinstance(obj, np.ndarray) else obj)]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
-    raise ValueError(f"metric value {obj!r} of type {type(obj).__name__} cannot be stored in model.json")
+@dataclass(frozen=True)
+class ModelFiles:
+    """A model dir's two files as bytes: what travels through Ray's object store to actors on nodes
+    that cannot see the driver's filesystem."""
+
+    source: str
+    """Where they were read from, for messages."""
+    card: bytes
+    weights: bytes
+
+    def read_card(self) -> ModelCard:
+        """The model card, without building the network."""
+        return _parse_card(self.card, storage.join(self.source, CARD_FILE))
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def save_model(model: DRModel, out_dir: str | Path, metrics: dict | None = None) -> Path:
-    """Write `out_dir/weights.safetensors` and `out_dir/model.json`; returns out_dir.
+def save_model(model: DRModel, out_dir: str | os.PathLike, metrics: dict | None = None) -> Path | str:
+    """Write `out_dir/weights.safetensors` and `out_dir/model.json`; returns out_dir (a Path, or the URI as given).
 
     Refreshes the model's card (metrics, model_id, created, drray_version) to what was written.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     model.card = dataclasses.replace(
         model.card,
-        metrics=_plain_json(dict(metrics) if metrics is not None else model.card.metrics),
+        metrics=storage.json_ready(dict(metrics) if metrics is not None else model.card.metrics),
         model_id=compute_model_id(model),
         drray_version=drray_version(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-    text = model.card.to_json()
-    state = detached_state(model.backbone)
-    _write_atomic(out / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
-    _write_atomic(out / CARD_FILE, lambda p: p.write_text(text + "\n"))
-    log.info("saved %s to %s", model.card.model_id, out)
-    return out
+    # Weights first: a reader that finds model.json finds the weights it describes.
+    storage.write_bytes(storage.join(out_dir, WEIGHTS_FILE), save(detached_state(model.backbone), metadata={"format": "pt"}))
+    storage.write_text(storage.join(out_dir, CARD_FILE), model.card.to_json() + "\n")
+    log.info("saved %s to %s", model.card.model_id, out_dir)
+    return str(out_dir) if storage.is_uri(out_dir) else Path(out_dir)
 
 
-def _read_model_weights(path: Path) -> dict[str, torch.Tensor]:
+def read_model_files(model_dir: str | os.PathLike) -> ModelFiles:
+    """The bytes of a model dir (local path or URI), or an error saying what is missing."""
+    d = str(model_dir)
+    if not storage.exists(d):
+        raise FileNotFoundError(
+            f"model dir {d!r} does not exist; train one (`drray train` or `drray demo`) or write one "
+            "with drray.save_model")
+    if storage.is_file(d):
+        raise NotADirectoryError(f"{d!r} is a file; pass the directory holding {CARD_FILE} and {WEIGHTS_FILE}")
+    for name in (CARD_FILE, WEIGHTS_FILE):
+        if not storage.is_file(storage.join(d, name)):
+            raise FileNotFoundError(f"model dir {d!r} has no {name}; a model dir holds {CARD_FILE} and {WEIGHTS_FILE}")
+    return ModelFiles(d, storage.read_bytes(storage.join(d, CARD_FILE)), storage.read_bytes(storage.join(d, WEIGHTS_FILE)))
+
+
+def read_card(model_dir: str | os.PathLike) -> ModelCard:
+    """The model card of a model dir (local path or URI), without loading weights."""
+    path = storage.join(model_dir, CARD_FILE)
+    if not storage.is_file(path):
+        raise FileNotFoundError(f"{str(model_dir)!r} is not a model dir (no {CARD_FILE}); train one with `drray tune`")
+    return _parse_card(storage.read_bytes(path), path)
+
+
+def _parse_card(data: bytes, source: str) -> ModelCard:
+    try:
+        raw = json.loads(data)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{source} is not valid JSON ({e}); a model dir's model.json is written by drray.save_model") from e
+    return ModelCard.from_dict(raw, source=source)
+
+
+def _read_weights(data: bytes, source: str) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     try:
-        return load_file(str(path), device="cpu")
+        return load(data)
     except SafetensorError as e:
-        with path.open("rb") as f:
-            head = f.read(2)
         # torch.save writes a zip (PK) or a raw pickle (0x80 protocol byte).
-        kind = "a torch.save/pickle file" if head in (b"PK",) or head[:1] == b"\x80" else "not a safetensors file"
+        kind = "a torch.save/pickle file" if data[:2] == b"PK" or data[:1] == b"\x80" else "not a safetensors file"
         raise ValueError(
-            f"{path} is {kind} ({e}). drray never unpickles model dirs: import such weights with "
+            f"{source} is {kind} ({e}). drray never unpickles model dirs: import such weights with "
             "create_model(name, pretrained_path=FILE) and save_model") from e
 
 
-def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> DRModel:
-    """Rebuild a model from a model dir written by `save_model`, in eval mode on `device`."""
-    d = Path(model_dir)
-    if not d.exists():
-        raise FileNotFoundError(
-            f"model dir {str(d)!r} does not exist; train one (`drray train` or `drray demo`) or write one "
-            "with drray.save_model")
-    if not d.is_dir():
-        raise NotADirectoryError(f"{str(d)!r} is a file; pass the directory holding {CARD_FILE} and {WEIGHTS_FILE}")
-    for name in (CARD_FILE, WEIGHTS_FILE):
-        if not (d / name).is_file():
-            present = ", ".join(sorted(p.name for p in d.iterdir())) or "nothing"
-            raise FileNotFoundError(f"model dir {str(d)!r} has no {name} (it holds {present})")
-    card = ModelCard.read(d / CARD_FILE)
-    _check_timm_name(card.timm_name)
+def load_model(model_dir: str | os.PathLike | ModelFiles, device: str | torch.device = "cpu") -> DRModel:
+    """Rebuild a model from a model dir written by `save_model` (local path, URI or `ModelFiles`), in eval mode."""
+    files = model_dir if isinstance(model_dir, ModelFiles) else read_model_files(model_dir)
+    card = _parse_card(files.card, storage.join(files.source, CARD_FILE))
+    check_backbone_name(card.timm_name)
     backbone = _build_backbone(card.timm_name, card.num_outputs, False, dict(card.timm_kwargs))
-    state = _read_model_weights(d / WEIGHTS_FILE)
+    weights_source = storage.join(files.source, WEIGHTS_FILE)
+    state = _read_weights(files.weights, weights_source)
     expected = backbone.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -333,11 +348,12 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> DRM
              for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
     if missing or unexpected or wrong:
         raise ValueError(
-            f"{d / WEIGHTS_FILE} does not fit {card.timm_name!r} with a {card.head} head: "
+            f"{weights_source} does not fit {card.timm_name!r} with a {card.head} head: "
             f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}, "
             f"{len(wrong)} of another shape {wrong[:5]}. Was model.json edited or copied from another model?")
     backbone.load_state_dict(state, strict=True)
     model = DRModel(backbone, card)
     if card.model_id and compute_model_id(model) != card.model_id:
-        log.warning("%s: weights do not match model_id %s in %s (changed after saving?)", d, card.model_id, CARD_FILE)
+        log.warning("%s: weights do not match model_id %s in %s (changed after saving?)",
+                    files.source, card.model_id, CARD_FILE)
     return model.eval().to(device)

@@ -147,21 +147,41 @@ def _gather(arrays: list[np.ndarray]) -> list[np.ndarray]:
     return [np.concatenate([r[i] for r in everyone]) for i in range(len(arrays))]
 
 
-def validate(model, shard, device, batch_size: int, head: str) -> dict[str, Any]:
-    """Forward the whole validation split (all ranks), fit ordinal thresholds, compute the metrics."""
+SCORE_ARGMAX = "val QWK of the argmax grade"
+SCORE_CROSS_FITTED = "val QWK with ordinal thresholds cross-fitted on two halves of validation"
+SCORE_IN_SAMPLE = "val QWK with ordinal thresholds fitted on all of validation (too few images to cross-fit)"
+
+
+def _ordinal_grades(scores: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
+    """Validation grades of an ordinal head for scoring, and how they were obtained (see SCORE_*)."""
+    from drray.models.ordinal import cross_fitted_grades, fit_ordinal_thresholds, grades_from_scores
+
+    if y.size >= 8:
+        return cross_fitted_grades(scores, y, folds=2, seed=seed), SCORE_CROSS_FITTED
+    return grades_from_scores(scores, fit_ordinal_thresholds(scores, y)), SCORE_IN_SAMPLE
+
+
+def validate(model, shard, device, batch_size: int, head: str, seed: int = 0) -> dict[str, Any]:
+    """Forward the whole validation split (all ranks), calibrate an ordinal head, compute the metrics.
+
+    An ordinal head's thresholds are fitted on validation: scoring it with those same thresholds
+    would flatter it against a classification head, so its QWK (what checkpoints and trials are
+    ranked by) uses thresholds cross-fitted on the other half; the checkpoint keeps thresholds
+    fitted on all of it. `score_method` in the metrics says which applied.
+    """
     import torch
 
     from drray.evaluate.metrics import classification_report
-    from drray.models.model import fit_ordinal_temperature, fit_ordinal_thresholds
+    from drray.inference import forward_outputs, read_outputs
+    from drray.models.ordinal import fit_ordinal_temperature, fit_ordinal_thresholds
 
     core = _unwrap(model)
     core.eval()
+    amp = torch.bfloat16 if device.type == "cuda" else None
     outs, labels = [], []
-    with torch.no_grad(), _autocast(device):
-        for batch in shard.iter_torch_batches(batch_size=batch_size, collate_fn=_collate()):
-            x = core.normalize(batch["image"].to(device, non_blocking=True))
-            outs.append(core(x).float().cpu().numpy())
-            labels.append(batch["label"].cpu().numpy())
+    for batch in shard.iter_torch_batches(batch_size=batch_size, collate_fn=_collate()):
+        outs.append(forward_outputs(core, batch["image"], device, amp).numpy())
+        labels.append(batch["label"].cpu().numpy())
     n_out = core.card.num_outputs
     out = np.concatenate(outs) if outs else np.zeros((0, n_out), np.float32)
     y = np.concatenate(labels) if labels else np.zeros((0,), np.int64)
@@ -172,15 +192,20 @@ def validate(model, shard, device, batch_size: int, head: str) -> dict[str, Any]
     out_t, y_t = torch.from_numpy(out), torch.from_numpy(y)
     val_loss = float(_loss(out_t, y_t, head, None))
     if head == "ordinal":
-        # Cut points and temperature fitted on this validation pass travel with the checkpoint's card.
+        preds, score_method = _ordinal_grades(out[:, 0], y, seed)
+        # Cut points and temperature fitted on all of validation travel with the checkpoint's card.
         thresholds = fit_ordinal_thresholds(out[:, 0], y)
         core.set_ordinal_calibration(thresholds, fit_ordinal_temperature(out[:, 0], y, thresholds))
-    probs = core.grade_probs(out_t).numpy()
-    preds = core.predict(out_t).numpy()
+        probs, _ = read_outputs(core, out_t)
+    else:
+        probs, preds = read_outputs(core, out_t)
+        score_method = SCORE_ARGMAX
     report = classification_report(y, probs, preds=preds, n_boot=_VAL_BOOTSTRAP)
+    report["score_method"] = score_method
     metrics = {f"val_{k}": (math.nan if report[k] is None else report[k]) for k in VAL_METRICS}
     metrics["val_loss"] = val_loss
     metrics["val_n"] = int(y.size)
+    metrics["score_method"] = score_method
     return {"metrics": metrics, "report": report}
 
 
@@ -298,7 +323,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
         tr = train_epoch(model, optimizer, train_shard, device, cfg=cfg, class_weights=class_weights,
                          step=state["step"], total_steps=total_steps, warmup_steps=warmup_steps,
                          drop_last=drop_last, generator=generator)
-        val = validate(model, val_shard, device, t.batch_size, core.card.head)
+        val = validate(model, val_shard, device, t.batch_size, core.card.head, seed=t.seed)
         qwk = val["metrics"]["val_qwk"]
         improved = qwk > state["best_val_qwk"]
         state.update(epoch=epoch + 1, step=tr["step"])

@@ -37,7 +37,7 @@ def trial_resources(cfg: Config) -> dict[str, float]:
 def default_concurrency(cfg: Config, cluster: dict[str, float]) -> int:
     """Trials that fit side by side, leaving each one CPU room for its Ray Data decode tasks."""
     need = trial_resources(cfg)
-    fits = [cluster.get("CPU", 0.0) / (need["CPU"] + cfg.data.num_cpus_per_decode_task)]
+    fits = [cluster.get("CPU", 0.0) / (need["CPU"] + cfg.data.decode_cpus)]
     if "GPU" in need:
         fits.append(cluster.get("GPU", 0.0) / need["GPU"])
     return max(1, int(min(fits)))
@@ -61,7 +61,7 @@ def check_fits(cfg: Config, cluster: dict[str, float]) -> None:
 
 def release_placement_group(pg_hex: str) -> bool:
     """Remove a placement group by hex id unless it is already gone; True when one was removed."""
-    from ray._raylet import PlacementGroupID
+    from ray import PlacementGroupID
     from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
     pg = PlacementGroup(PlacementGroupID.from_hex(pg_hex))

@@ -3,15 +3,17 @@
 `train(cfg, out)` runs one TorchTrainer (DDP over `train.num_workers` workers; gloo on CPU, nccl
 on GPU) on the manifest's train and val splits and writes the best epoch as a model dir,
 `out/model`, with its validation metrics in `out/train_metrics.json`. The per-worker loop lives
-in `drray.training.loop`; `drray.training.tune` runs one `build_trainer` per trial.
+in `drray.training.loop`; `drray.training.tune` runs one `build_trainer` per trial. Ray's runs and
+checkpoints stay under `out/ray_results` unless `train.storage_path` names another place (an NFS
+mount or s3://... that every node reaches).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -21,14 +23,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from drray.config import Config, PreprocessConfig
+from drray import storage
+from drray.config import Config
+from drray.rundir import RunDir
 from drray.schema import NUM_GRADES
 
 log = logging.getLogger(__name__)
 
-MODEL_DIR = "model"
-TRAIN_METRICS_FILE = "train_metrics.json"
 SCORE_METRIC = "val_qwk"
+"""What checkpoints, early stopping, ASHA and the trials table rank by (higher is better)."""
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -52,9 +55,13 @@ def class_weights(labels: Sequence[int] | np.ndarray, mode: str = "weighted_loss
     return [float(x) for x in w]
 
 
-def storage_uri(path: str) -> str:
-    """Ray wants an absolute local path or a URI that pyarrow understands (s3://, gs://, ...)."""
-    if "://" in path:
+def storage_uri(cfg: Config, out: str | os.PathLike) -> str:
+    """Where Ray keeps this command's runs: `train.storage_path`, else OUT/ray_results.
+
+    Ray wants an absolute local path or a URI that pyarrow understands (s3://, gs://, ...).
+    """
+    path = cfg.train.storage_path or RunDir(out).ray_results
+    if storage.is_uri(path):
         return path
     return str(Path(path).expanduser().resolve())
 
@@ -72,31 +79,17 @@ def trial_config(cfg: Config, **params: Any) -> Config:
 
 
 def check_train_config(cfg: Config) -> None:
-    """Errors a run would otherwise hit minutes later, inside a Ray worker."""
-    import difflib
+    """What the config dataclasses cannot check without timm: errors a run would otherwise hit minutes later."""
+    from drray.models.model import check_backbone_name
 
-    import timm
-
-    t, m = cfg.train, cfg.model
-    if not timm.is_model(m.backbone):
-        close = difflib.get_close_matches(m.backbone, timm.list_models(), n=5, cutoff=0.6)
-        raise ValueError(f"model.backbone {m.backbone!r} is not a timm model name"
-                         + (f"; close matches: {', '.join(close)}" if close else "; see timm.list_models('pattern*')"))
+    m = cfg.model
+    try:
+        check_backbone_name(m.backbone)
+    except ValueError as e:
+        raise ValueError(f"model.backbone: {e}") from None
     if m.pretrained and m.pretrained_path is None:
         log.warning("model.pretrained=true downloads %s weights from the Hugging Face hub on every worker; "
                     "set model.pretrained_path to a local file on clusters without internet", m.backbone)
-    if t.cpus_per_worker <= 0:
-        raise ValueError(f"train.cpus_per_worker must be > 0, got {t.cpus_per_worker}")
-    if t.use_gpu and t.gpus_per_worker <= 0:
-        raise ValueError(f"train.use_gpu is true but train.gpus_per_worker is {t.gpus_per_worker}; "
-                         "give each worker > 0 GPUs")
-    if t.max_failures < -1:
-        raise ValueError(f"train.max_failures must be -1 (retry forever), 0 or more, got {t.max_failures}")
-    if t.limit_train_batches is not None and t.limit_train_batches < 1:
-        raise ValueError(f"train.limit_train_batches must be >= 1 or null, got {t.limit_train_batches}")
-    if t.warmup_epochs < 0 or not 0 <= t.label_smoothing < 1:
-        raise ValueError(f"train.warmup_epochs must be >= 0 and train.label_smoothing in [0, 1), "
-                         f"got {t.warmup_epochs} and {t.label_smoothing}")
 
 
 # ------------------------------------------------------------------------------------ datasets
@@ -131,15 +124,15 @@ def split_datasets(manifest: str, cfg: Config, splits: Sequence[str] = ("train",
     datasets = {}
     for s in splits:
         ds = build_dataset(manifest, cfg.data.preprocess, split=s, labelled_only=True,
-                           num_cpus=cfg.data.num_cpus_per_decode_task, max_pixels=cfg.data.max_image_pixels)
+                           num_cpus=cfg.data.decode_cpus, max_pixels=cfg.data.max_image_pixels)
         # Same num_cpus as the decode step, so Ray Data fuses both into one task per block.
-        ds = ds.map_batches(_keep_readable, batch_format="numpy", num_cpus=cfg.data.num_cpus_per_decode_task)
+        ds = ds.map_batches(_keep_readable, batch_format="numpy", num_cpus=cfg.data.decode_cpus)
         if cfg.train.materialize:
             ds = ds.materialize()
             kept = ds.count()
             if kept == 0:
                 raise ValueError(f"none of the {counts[s]} images of split {s!r} in {manifest} could be read; "
-                                 "see the warnings above and errors.parquet")
+                                 "see the warnings above and ingest_errors.parquet")
             if kept < counts[s]:
                 log.warning("split %s: %d of %d images unreadable, training without them",
                             s, counts[s] - kept, counts[s])
@@ -188,48 +181,37 @@ def build_trainer(cfg: Config, data: SplitData, *, name: str, storage_path: str,
     )
 
 
-def export_model(checkpoint_path: str, out_dir: str | Path) -> Path:
-    """Copy the model dir inside a checkpoint (local path or URI) to `out_dir`, replacing what was there."""
+def export_model(checkpoint: Any, out_dir: str | os.PathLike) -> str:
+    """Copy the model dir inside a checkpoint to `out_dir` (local path or URI), replacing what was there.
+
+    checkpoint: a `ray.train.Checkpoint` (it knows its filesystem, also for s3://) or a checkpoint URI.
+    """
     from ray.train import Checkpoint
 
-    from drray.training.loop import TRAIN_STATE_FILES
+    from drray.models.model import read_model_files
 
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            Checkpoint(checkpoint_path).to_directory(tmp)
-            for f in Path(tmp).iterdir():
-                if f.name not in TRAIN_STATE_FILES:
-                    shutil.move(str(f), staging / f.name)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return out
-
-
-def _json_ready(obj: Any) -> Any:
-    """NaN/inf -> None, numpy scalars -> Python, recursively: strict JSON for metrics files."""
-    if isinstance(obj, dict):
-        return {str(k): _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_ready(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
-
-
-def write_json(path: Path, obj: Any) -> Path:
-    path.write_text(json.dumps(_json_ready(obj), indent=2, allow_nan=False))
-    return path
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(str(checkpoint))
+    with tempfile.TemporaryDirectory(prefix="drray_export_") as tmp:
+        ckpt.to_directory(tmp)
+        files = read_model_files(tmp)  # fails clearly on a checkpoint that holds no model dir
+        if storage.is_uri(out_dir):
+            storage.write_bytes(storage.join(out_dir, "weights.safetensors"), files.weights)
+            storage.write_bytes(storage.join(out_dir, "model.json"), files.card)
+            return str(out_dir)
+        # Locally the whole folder is swapped in one rename: no reader sees a half-copied model dir.
+        out = Path(out_dir)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+        try:
+            for name in ("weights.safetensors", "model.json"):
+                shutil.copyfile(Path(tmp) / name, staging / name)
+            if out.exists():
+                shutil.rmtree(out)
+            staging.rename(out)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
+    return str(out)
 
 
 # ------------------------------------------------------------------------------------ train
@@ -237,7 +219,7 @@ def write_json(path: Path, obj: Any) -> Path:
 class TrainResult:
     """What `train` wrote: the model dir, the best epoch's metrics and the per-epoch history."""
 
-    model_dir: Path
+    model_dir: str
     metrics: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     checkpoint_path: str = ""
@@ -256,73 +238,37 @@ def _fmt(x: Any) -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.4f}"
 
 
-def _read_checkpoint_json(checkpoint_path: str, name: str) -> dict[str, Any]:
-    from ray.train import Checkpoint
+def _read_checkpoint_json(checkpoint: Any, name: str) -> dict[str, Any]:
+    """A JSON file inside a `ray.train.Checkpoint` (local or remote)."""
+    with checkpoint.as_directory() as d:
+        return storage.read_json(Path(d) / name)
 
-    with Checkpoint(checkpoint_path).as_directory() as d:
-        return json.loads((Path(d) / name).read_text())
 
-
-def train(cfg: Config, out: Path, manifest: str | None = None) -> TrainResult:
+def train(cfg: Config, out: str | os.PathLike, manifest: str | None = None) -> TrainResult:
     """Train one model with Ray Train; write `out/model` (best epoch by val QWK) and `out/train_metrics.json`."""
     from drray.cluster import connect
-    from drray.models.card import CARD_FILE
     from drray.training.loop import TRAIN_STATE_FILE
 
     check_train_config(cfg)
     manifest = str(manifest or cfg.data.manifest)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    run = RunDir(out)
+    storage.make_dirs(run.root)
     connect()
     start = time.perf_counter()
     data = split_datasets(manifest, cfg)
     log.info("training %s (%s head) on %d images, validating on %d", cfg.model.backbone, cfg.model.head,
              data.counts["train"], data.counts["val"])
-    name = f"drray_train_{time.strftime('%Y%m%d-%H%M%S')}_{out.resolve().name}"
-    trainer = build_trainer(cfg, data, name=name, storage_path=storage_uri(cfg.train.storage_path))
+    name = f"drray_train_{time.strftime('%Y%m%d-%H%M%S')}_{os.path.basename(run.root.rstrip('/'))}"
+    trainer = build_trainer(cfg, data, name=name, storage_path=storage_uri(cfg, run.root))
     result = trainer.fit()
     if result.error is not None:
         raise result.error
     best = result.get_best_checkpoint(metric=SCORE_METRIC, mode="max")
     if best is None:
         raise RuntimeError(f"run {result.path} reported no checkpoint; see its logs")
-    model_dir = export_model(best.path, out / MODEL_DIR)
-    card = json.loads((model_dir / CARD_FILE).read_text())
-    history = _read_checkpoint_json(result.checkpoint.path, TRAIN_STATE_FILE)["history"]
-    metrics = card.get("metrics", {})
-    write_json(out / TRAIN_METRICS_FILE, {"best": metrics, "history": history, "config": cfg.to_dict(),
-                                          "checkpoint_path": best.path})
+    model_dir = export_model(best, run.model)
+    metrics = _read_checkpoint_json(best, "model.json").get("metrics", {})
+    history = _read_checkpoint_json(result.checkpoint, TRAIN_STATE_FILE)["history"]
+    storage.write_json(run.train_metrics, {"best": metrics, "history": history, "config": cfg.to_dict(),
+                                           "checkpoint_path": best.path})
     return TrainResult(model_dir, metrics, history, best.path, result.path, time.perf_counter() - start)
-
-
-# ------------------------------------------------------------------------------------ evaluate
-def evaluate(model_dir: str | Path, manifest: str, split: str = "test", batch_size: int = 32,
-             num_cpus: float = 1.0) -> dict[str, Any]:
-    """Metrics of a model dir on one split of a manifest (decoded with the model's own preprocessing)."""
-    import torch
-
-    from drray.data.dataset import build_dataset
-    from drray.evaluate.metrics import classification_report
-    from drray.models.model import load_model
-
-    model = load_model(model_dir)
-    model.eval()
-    prep: PreprocessConfig = model.card.preprocess_config()
-    ds = build_dataset(manifest, prep, split=split, labelled_only=True, num_cpus=num_cpus)
-    outs, labels, skipped = [], [], 0
-    with torch.no_grad():
-        for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
-            ok = batch["error_reason"] == ""
-            skipped += int((~ok).sum())
-            if not ok.any():
-                continue
-            x = model.normalize(torch.from_numpy(np.require(batch["image"][ok], requirements=["C", "W"])))
-            outs.append(model(x).float())
-            labels.append(batch["label"][ok].astype(np.int64))
-    if not outs:
-        raise ValueError(f"no readable labelled image in split {split!r} of {manifest}")
-    out = torch.cat(outs)
-    y = np.concatenate(labels)
-    report = classification_report(y, model.grade_probs(out).numpy(), preds=model.predict(out).numpy())
-    return {"split": split, "model_dir": str(model_dir), "model_id": model.card.model_id,
-            "skipped_unreadable": skipped, **report}

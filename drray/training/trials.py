@@ -1,8 +1,8 @@
 """The trials table of a Tune experiment (`trials.parquet`) and the choice of the best trial.
 
-One row per trial (schema `drray.schema.TRIALS_SCHEMA` plus a few columns): its search
-parameters, best validation QWK, epochs run, how it ended and the checkpoint (a model dir) of
-its best epoch. Built from the experiment directory itself, so a finished, stopped or restored
+One row per trial (schema `drray.schema.TRIALS_SCHEMA`): its search parameters, best
+validation QWK and how that score was obtained, epochs run, how it ended and the checkpoint (a
+model dir) of its best epoch. Built from the experiment directory itself, so a finished, stopped or restored
 experiment gives the same table, on local disk or any storage pyarrow understands.
 """
 
@@ -21,14 +21,7 @@ from drray.schema import TRIALS_SCHEMA
 
 log = logging.getLogger(__name__)
 
-EXTRA_COLUMNS = pa.schema([
-    pa.field("best_epoch", pa.int32()),
-    pa.field("val_accuracy", pa.float64()),
-    pa.field("val_referable_auc", pa.float64()),
-    pa.field("seconds", pa.float64()),
-    pa.field("error", pa.string()),
-])
-TABLE_SCHEMA = pa.schema(list(TRIALS_SCHEMA) + list(EXTRA_COLUMNS))
+METRIC = "val_qwk"
 
 # How a trial ended, as stored in the `status` column.
 COMPLETED = "completed"  # ran all epochs or stopped itself (early-stopping patience)
@@ -55,16 +48,10 @@ def kept_checkpoints(storage_path: str, experiment: str, trial_id: str) -> list[
     from ray.train import Result
 
     run = f"{storage_path.rstrip('/')}/{run_name(experiment, trial_id)}"
-    # Reading a run's snapshot logs a paragraph about resuming it: not what happens here.
-    quiet = logging.getLogger("ray.train.v2._internal.execution.checkpoint.checkpoint_manager")
-    level = quiet.level
-    quiet.setLevel(logging.WARNING)
     try:
         result = Result.from_path(run)
     except RuntimeError:  # the trial never got as far as a first checkpoint
         return []
-    finally:
-        quiet.setLevel(level)
     return [(checkpoint_uri(c.path, storage_path), dict(m)) for c, m in (result.best_checkpoints or [])]
 
 
@@ -76,8 +63,7 @@ def _num(x: Any) -> float:
 
 
 def trial_row(trial_id: str, status: str, params: dict[str, Any], history: pd.DataFrame | None,
-              kept: list[tuple[str, dict[str, Any]]], config_json: str, error: str | None = None,
-              metric: str = "val_qwk", mode: str = "max") -> dict[str, Any]:
+              kept: list[tuple[str, dict[str, Any]]], config_json: str, error: str | None = None) -> dict[str, Any]:
     """One table row.
 
     history: what the trial reported to Tune (one row per epoch; a resumed trial's rows start
@@ -93,7 +79,7 @@ def trial_row(trial_id: str, status: str, params: dict[str, Any], history: pd.Da
         "batch_size": int(params["batch_size"]) if params.get("batch_size") is not None else None,
         "best_val_qwk": math.nan, "epochs_run": 0, "status": status, "checkpoint_path": None,
         "config_json": config_json, "best_epoch": None, "val_accuracy": math.nan,
-        "val_referable_auc": math.nan, "seconds": math.nan, "error": error,
+        "val_referable_auc": math.nan, "score_method": None, "seconds": math.nan, "error": error,
     }
     epochs = [int(m["epoch"]) for _, m in kept if "epoch" in m]
     if history is not None and not history.empty:
@@ -102,17 +88,19 @@ def trial_row(trial_id: str, status: str, params: dict[str, Any], history: pd.Da
         if "time_total_s" in history:
             row["seconds"] = _num(history["time_total_s"].max())
     row["epochs_run"] = max(epochs, default=0)
-    scored = [(uri, m) for uri, m in kept if math.isfinite(_num(m.get(metric)))]
+    scored = [(uri, m) for uri, m in kept if math.isfinite(_num(m.get(METRIC)))]
     if scored:
-        sign = -1.0 if mode == "max" else 1.0
         # Best score first; among equals the earliest epoch (the fewer updates).
-        uri, best = min(scored, key=lambda um: (sign * _num(um[1][metric]), _num(um[1].get("epoch"))))
-        row.update(best_val_qwk=_num(best[metric]), checkpoint_path=uri, best_epoch=int(best.get("epoch", 0)),
-                   val_accuracy=_num(best.get("val_accuracy")), val_referable_auc=_num(best.get("val_referable_auc")))
-    elif history is not None and metric in history.columns:
-        values = pd.to_numeric(history[metric], errors="coerce").dropna()
+        uri, best = min(scored, key=lambda um: (-_num(um[1][METRIC]), _num(um[1].get("epoch"))))
+        row.update(best_val_qwk=_num(best[METRIC]), checkpoint_path=uri, best_epoch=int(best.get("epoch", 0)),
+                   val_accuracy=_num(best.get("val_accuracy")), val_referable_auc=_num(best.get("val_referable_auc")),
+                   score_method=best.get("score_method"))
+    elif history is not None and METRIC in history.columns:
+        values = pd.to_numeric(history[METRIC], errors="coerce").dropna()
         if not values.empty:
-            row["best_val_qwk"] = float(values.max() if mode == "max" else values.min())
+            row["best_val_qwk"] = float(values.max())
+            if "score_method" in history.columns:
+                row["score_method"] = history["score_method"].iloc[-1]
     return row
 
 
@@ -140,8 +128,7 @@ def _error_text(trial) -> str | None:
     return lines[-1][:500] if lines else None
 
 
-def trials_table(storage_path: str, experiment: str, config_json_of, metric: str = "val_qwk",
-                 mode: str = "max") -> pd.DataFrame:
+def trials_table(storage_path: str, experiment: str, config_json_of) -> pd.DataFrame:
     """Every trial of the experiment `storage_path/experiment`, best first.
 
     config_json_of: function(trial params) -> the trial's resolved drray config as JSON.
@@ -157,15 +144,14 @@ def trials_table(storage_path: str, experiment: str, config_json_of, metric: str
         status = status_of(trial.status, history)
         kept = kept_checkpoints(storage_path, experiment, trial.trial_id)
         rows.append(trial_row(trial.trial_id, status, params, history, kept, config_json_of(params),
-                              error=_error_text(trial) if status == ERROR else None, metric=metric, mode=mode))
-    df = pd.DataFrame(rows, columns=TABLE_SCHEMA.names)
-    return sort_trials(df, mode)
+                              error=_error_text(trial) if status == ERROR else None))
+    df = pd.DataFrame(rows, columns=TRIALS_SCHEMA.names)
+    return sort_trials(df)
 
 
-def sort_trials(df: pd.DataFrame, mode: str = "max") -> pd.DataFrame:
+def sort_trials(df: pd.DataFrame) -> pd.DataFrame:
     """Best validation QWK first; trials without a score last."""
     key = df["best_val_qwk"].astype(float)
-    key = key if mode == "max" else -key
     order = np.argsort(-key.fillna(-np.inf).to_numpy(), kind="stable")
     return df.iloc[order].reset_index(drop=True)
 
@@ -181,9 +167,9 @@ def best_trial(df: pd.DataFrame) -> pd.Series:
 
 
 def to_arrow(df: pd.DataFrame) -> pa.Table:
-    """The table with the parquet schema (TRIALS_SCHEMA columns first, then the extras)."""
+    """The table with its Parquet schema (TRIALS_SCHEMA)."""
     clean = df.astype(object).where(df.notna(), None)
-    return pa.Table.from_pandas(clean, schema=TABLE_SCHEMA, preserve_index=False)
+    return pa.Table.from_pandas(clean, schema=TRIALS_SCHEMA, preserve_index=False)
 
 
 def summary(df: pd.DataFrame, limit: int = 20) -> str:

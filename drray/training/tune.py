@@ -5,7 +5,7 @@ and forwards its per-epoch reports to Tune with `TuneReportCallback`; ASHA stops
 epoch, Optuna can replace the grid. The search writes `out/trials.parquet` (one row per trial)
 and exports the best trial's best checkpoint as the model dir `out/model`.
 
-Experiments live at `train.storage_path/tune.name` (local disk by default; S3, GCS or NFS on a
+Experiments live at `train.storage_path/tune.name` (default OUT/ray_results; S3, GCS or NFS on a
 cluster, any URI pyarrow understands), so an interrupted search resumes with `tune.resume=true`.
 """
 
@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from drray import storage
 from drray.config import Config
+from drray.rundir import RunDir
 from drray.training.train import (
-    MODEL_DIR,
     SCORE_METRIC,
     SplitData,
     build_trainer,
@@ -37,7 +38,6 @@ from drray.training.trials import run_name
 
 log = logging.getLogger(__name__)
 
-TRIALS_FILE = "trials.parquet"
 SEARCH_KEYS = ("backbone", "head", "lr", "image_size", "batch_size")
 
 
@@ -54,41 +54,8 @@ def search_values(cfg: Config) -> dict[str, list]:
 
 
 def check_tune_config(cfg: Config) -> None:
-    """Reject a search that could only fail later, inside trials."""
-    t = cfg.tune
-    values = search_values(cfg)
-    for key, vals in values.items():
-        if not vals:
-            raise ValueError(f"tune: the search over {key} is empty; give at least one value")
-        if len(set(vals)) != len(vals):
-            raise ValueError(f"tune: {key} values repeat ({vals}); each grid point would run twice")
-    bad_heads = [h for h in values["head"] if h not in ("classification", "ordinal")]
-    if bad_heads:
-        raise ValueError(f"tune.heads: {bad_heads} not among 'classification', 'ordinal'")
-    if any(not (lr > 0 and math.isfinite(lr)) for lr in values["lr"]):
-        raise ValueError(f"tune.lrs must be positive numbers, got {values['lr']}")
-    if any(not 16 <= s <= 2048 for s in values["image_size"]):
-        raise ValueError(f"tune.image_sizes must be in 16..2048 pixels, got {values['image_size']}")
-    if any(b < 1 for b in values["batch_size"]):
-        raise ValueError(f"tune.batch_sizes must be >= 1, got {values['batch_size']}")
-    if t.num_samples < 1:
-        raise ValueError(f"tune.num_samples must be >= 1, got {t.num_samples}")
-    if t.mode not in ("max", "min"):
-        raise ValueError(f"tune.mode must be 'max' or 'min', got {t.mode!r}")
-    if t.metric != SCORE_METRIC:
-        raise ValueError(f"tune.metric must be {SCORE_METRIC!r} (the score checkpoints are kept by), got {t.metric!r}")
-    if t.cpus_per_trial_driver < 0:
-        raise ValueError(f"tune.cpus_per_trial_driver must be >= 0, got {t.cpus_per_trial_driver}")
-    if t.max_concurrent_trials is not None and t.max_concurrent_trials < 1:
-        raise ValueError(f"tune.max_concurrent_trials must be >= 1 or null, got {t.max_concurrent_trials}")
-    if t.max_failures < -1:
-        raise ValueError(f"tune.max_failures must be -1 (retry forever), 0 or more, got {t.max_failures}")
-    if t.grace_period < 1 or t.reduction_factor <= 1:
-        raise ValueError(f"tune.grace_period must be >= 1 and tune.reduction_factor > 1, "
-                         f"got {t.grace_period} and {t.reduction_factor}")
-    if t.verbose not in (0, 1, 2):
-        raise ValueError(f"tune.verbose must be 0, 1 or 2, got {t.verbose}")
-    for backbone in values["backbone"]:
+    """Reject a search that could only fail later, inside trials (TuneConfig checks the lists themselves)."""
+    for backbone in search_values(cfg)["backbone"]:
         check_train_config(trial_config(cfg, backbone=backbone))
 
 
@@ -131,8 +98,8 @@ class TuneResult:
     """What `tune` wrote: the trials table (best first), the exported model dir and where the experiment is."""
 
     trials: pd.DataFrame
-    model_dir: Path
-    trials_path: Path
+    model_dir: str
+    trials_path: str
     experiment_path: str
     seconds: float
 
@@ -156,12 +123,12 @@ class TuneResult:
         ])
 
 
-def _experiment_name(cfg: Config, storage: str) -> tuple[str, bool]:
+def _experiment_name(cfg: Config, store: str) -> tuple[str, bool]:
     """(name, restore): restore an existing experiment when asked, never silently mix two searches."""
     from ray.tune import Tuner
 
     name = cfg.tune.name
-    path = f"{storage.rstrip('/')}/{name}"
+    path = f"{store.rstrip('/')}/{name}"
     can = Tuner.can_restore(path)
     if cfg.tune.resume:
         if can:
@@ -189,20 +156,27 @@ def _prepare_data(cfg: Config, manifest: str) -> dict[int, SplitData] | None:
     return out
 
 
-def build_tuner(cfg: Config, manifest: str, storage: str, name: str, restore: bool,
-                data: dict[int, SplitData] | None):
-    """The Tuner (new, or restored from `storage/name`)."""
+def n_trials(cfg: Config) -> int:
+    """Trials the search runs: the whole grid per sample, or `num_samples` draws for Optuna."""
+    if cfg.tune.search_alg == "optuna":
+        return cfg.tune.num_samples
+    return math.prod(len(v) for v in search_values(cfg).values()) * cfg.tune.num_samples
+
+
+def build_tuner(cfg: Config, manifest: str, store: str, name: str, restore: bool,
+                data: dict[int, SplitData] | None, callbacks: list | None = None):
+    """The Tuner (new, or restored from `store/name`)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     t = cfg.tune
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=cfg.to_dict(), manifest=manifest, data=data,
-                             storage_path=storage, experiment=name),
+                             storage_path=store, experiment=name),
         {"cpu": t.cpus_per_trial_driver},
     )
     if restore:
-        return tune.Tuner.restore(f"{storage.rstrip('/')}/{name}", trainable=trainable,
+        return tune.Tuner.restore(f"{store.rstrip('/')}/{name}", trainable=trainable,
                                   resume_unfinished=True, resume_errored=True)
     import ray
 
@@ -224,51 +198,54 @@ def build_tuner(cfg: Config, manifest: str, storage: str, name: str, restore: bo
         trainable,
         param_space=param_space(cfg),
         tune_config=tune.TuneConfig(
-            metric=t.metric, mode=t.mode, scheduler=scheduler, search_alg=search_alg,
+            metric=SCORE_METRIC, mode="max", scheduler=scheduler, search_alg=search_alg,
             num_samples=t.num_samples, max_concurrent_trials=concurrency,
             trial_dirname_creator=_trial_dirname, reuse_actors=False,
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, verbose=t.verbose,
+            name=name, storage_path=store, verbose=t.verbose,
             failure_config=tune.FailureConfig(max_failures=t.max_failures),
-            callbacks=[placement_group_reaper()],
+            callbacks=[placement_group_reaper(), *(callbacks or [])],
         ),
     )
 
 
-def tune(cfg: Config, out: Path, manifest: str | None = None) -> TuneResult:
-    """Search, write `out/trials.parquet`, export the best checkpoint to `out/model`."""
-    import pyarrow.parquet as pq
+def tune(cfg: Config, out: str | os.PathLike, manifest: str | None = None, console: Any = None) -> TuneResult:
+    """Search, write `out/trials.parquet`, export the best checkpoint to `out/model`.
+
+    console: a `drray.console.Console` to show one progress bar (trial, epoch, val QWK) on.
+    """
     import ray
 
     from drray.cluster import connect
+    from drray.training.progress import search_progress
     from drray.training.trials import best_trial, to_arrow, trials_table
 
     check_tune_config(cfg)
     manifest = str(manifest or cfg.data.manifest)
-    if not Path(manifest).is_file() and "://" not in manifest:
+    if not storage.is_file(manifest):
         raise FileNotFoundError(f"manifest {manifest!r} does not exist; write one with `drray ingest`")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    run = RunDir(out)
+    storage.make_dirs(run.root)
     connect()
     check_fits(cfg, ray.cluster_resources())
     start = time.perf_counter()
-    storage = storage_uri(cfg.train.storage_path)
-    name, restore = _experiment_name(cfg, storage)
+    store = storage_uri(cfg, run.root)
+    name, restore = _experiment_name(cfg, store)
     data = _prepare_data(cfg, manifest)
-    tuner = build_tuner(cfg, manifest, storage, name, restore, data)
+    progress = [search_progress(console, n_trials(cfg), cfg.train.epochs)] if console is not None else []
+    tuner = build_tuner(cfg, manifest, store, name, restore, data, callbacks=progress)
     grid = tuner.fit()
 
     def config_json(params: dict[str, Any]) -> str:
         keys = {k: params[k] for k in SEARCH_KEYS if k in params}
         return trial_config(cfg, **keys).to_json()
 
-    df = trials_table(storage, name, config_json, metric=cfg.tune.metric, mode=cfg.tune.mode)
-    trials_path = out / TRIALS_FILE
-    pq.write_table(to_arrow(df), trials_path)
+    df = trials_table(store, name, config_json)
+    storage.write_parquet(run.trials, to_arrow(df))
     best = best_trial(df)
-    model_dir = export_model(best["checkpoint_path"], out / MODEL_DIR)
+    model_dir = export_model(best["checkpoint_path"], run.model)
     n_err = int((df["status"] == "error").sum())
     if n_err:
-        log.warning("%d of %d trials failed; their errors are in %s (column `error`)", n_err, len(df), trials_path)
-    return TuneResult(df, model_dir, trials_path, grid.experiment_path, time.perf_counter() - start)
+        log.warning("%d of %d trials failed; their errors are in %s (column `error`)", n_err, len(df), run.trials)
+    return TuneResult(df, model_dir, run.trials, grid.experiment_path, time.perf_counter() - start)

@@ -8,6 +8,8 @@ Layout: `train.csv` (id_code,diagnosis) with `train_images/{id_code}.png`, and `
   they are split train/val/test by patient like a source without one; a labelled test split
   is what evaluation needs.
 - APTOS publishes no patient ids: each image is its own patient, eye unknown.
+- An id_code is a file stem: one with path parts (`../test_images/x`) is a bad_image_id errors
+  row, never a file read from another folder or split.
 """
 
 from __future__ import annotations
@@ -16,7 +18,17 @@ from pathlib import Path
 from typing import Iterator
 
 from drray.data.sources import register
-from drray.data.sources.base import Candidate, Problem, index_images, locate, location, read_rows, relative, require_columns
+from drray.data.sources.base import (
+    Candidate,
+    Problem,
+    check_image_name,
+    index_images,
+    locate,
+    location,
+    read_rows,
+    relative,
+    require_columns,
+)
 from drray.schema import Reason
 
 _PARTS = (
@@ -43,6 +55,10 @@ def scan(root: Path, **_options) -> Iterator[Candidate | Problem]:
             image_id = row["id_code"]
             if not image_id:
                 yield Problem(where, "ingest", Reason.MISSING_FILE, f"{where}: empty id_code, no image to look for")
+                continue
+            bad = check_image_name(image_id, where, "id_code", root / folder)
+            if bad is not None:
+                yield bad
                 continue
             path = locate(images, image_id, root / folder / f"{image_id}.png")
             yield Candidate(

@@ -11,8 +11,9 @@ from __future__ import annotations
 import csv
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
-from drray.schema import EYES
+from pathlib import Path, PureWindowsPath
+
+from drray.schema import EYES, Reason
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,37 @@ def index_images(*dirs: Path) -> dict[str, Path]:
             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
                 found.setdefault(p.stem, p)
     return found
+
+
+def not_a_file_name(name: str) -> str | None:
+    """Why `name` cannot be the name of a file directly in one folder; None when it can.
+
+    Layouts whose label files name images by file name or stem (APTOS, EyePACS, Messidor-2,
+    IDRiD, DDR) join that name to their image folder: a name with path parts would read a file
+    of another folder or split (`../test_images/x`, `a/b`, `C:\\x`, `/abs`), so it is refused
+    rather than resolved. Both separators count on every OS: the labels travel between them.
+    """
+    if "/" in name or "\\" in name:
+        return "has path parts (a '/' or '\\')"
+    if PureWindowsPath(name).drive:
+        return "starts with a drive letter"
+    if name in (".", ".."):
+        return "names a folder, not a file"
+    if "\x00" in name:
+        return "contains a NUL byte"
+    return None
+
+
+def check_image_name(name: str, where: str, column: str, folder: Path) -> Problem | None:
+    """A bad_image_id Problem when `name` (from `column` at `where`) is not a bare file name in `folder`."""
+    why = not_a_file_name(name)
+    if why is None:
+        return None
+    return Problem(
+        where, "ingest", Reason.BAD_IMAGE_ID,
+        f"{where}: {column} {name!r} {why}; this layout names each image by its file name in {folder}, "
+        "so the row is refused rather than read from another folder. Fix the name in the label file.",
+    )
 
 
 def locate(index: dict[str, Path], name: str, fallback: Path) -> Path:

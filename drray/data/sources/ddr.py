@@ -10,6 +10,8 @@ Grading: `DR_grading/{train,valid,test}.txt`, lines `007-1234-100.jpg 2`, with t
 - Masks attach to the graded image of the same name; a segmentation image with no graded twin
   is a row of its own with label null. A lesion with no mask file means no mask.
 - No patient ids are published: each image is its own patient, eye unknown.
+- A name is a file name in its split's folder: one with path parts (`../test/x.jpg`) is a
+  bad_image_id errors row, never a file read from another split.
 """
 
 from __future__ import annotations
@@ -18,14 +20,22 @@ from pathlib import Path
 from typing import Iterator
 
 from drray.data.sources import register
-from drray.data.sources.base import Candidate, index_images, location, merge_segmentation, relative
+from drray.data.sources.base import (
+    Candidate,
+    Problem,
+    check_image_name,
+    index_images,
+    location,
+    merge_segmentation,
+    relative,
+)
 
 SPLITS = (("train", "train"), ("valid", "val"), ("test", "test"))
 LESIONS = (("EX", "mask_ex"), ("HE", "mask_he"), ("MA", "mask_ma"), ("SE", "mask_se"))
 UNGRADABLE = "5"
 
 
-def _graded(root: Path) -> Iterator[Candidate]:
+def _graded(root: Path) -> Iterator[Candidate | Problem]:
     base = root / "DR_grading"
     for folder, split in SPLITS:
         table = base / f"{folder}.txt"
@@ -40,6 +50,10 @@ def _graded(root: Path) -> Iterator[Candidate]:
             where = location(table, number)
             # The grade is the last field; a line with one field has no grade (label_missing).
             name, label = (fields[0], fields[1]) if len(fields) == 2 else (fields[0], None)
+            bad = check_image_name(name, where, "image name", base / folder)
+            if bad is not None:
+                yield bad
+                continue
             ungradable = label == UNGRADABLE
             yield Candidate(
                 image_id=Path(name).stem,
@@ -73,5 +87,11 @@ def _segmented(root: Path) -> Iterator[Candidate]:
     looked_for="DR_grading/{train,valid,test}.txt ('name grade' lines) with DR_grading/{train,valid,test}/, "
     "and/or lesion_segmentation/{split}/image/ with masks in lesion_segmentation/{split}/label/{EX,HE,MA,SE}/",
 )
-def scan(root: Path, **_options) -> Iterator[Candidate]:
-    yield from merge_segmentation(list(_graded(root)), list(_segmented(root)))
+def scan(root: Path, **_options) -> Iterator[Candidate | Problem]:
+    graded: list[Candidate] = []
+    for record in _graded(root):
+        if isinstance(record, Problem):
+            yield record
+        else:
+            graded.append(record)
+    yield from merge_segmentation(graded, list(_segmented(root)))

@@ -7,6 +7,8 @@ test grades `retinopathy_solution.csv` (image,level,Usage) with `test/{image}.jp
   "test" (both Public and Private usage).
 - Names are `{patient}_{left|right}`: `10_left` -> patient "10", eye "left".
 - Without the solution file the test images are not ingested (they have no grades).
+- An image name is a file stem: one with path parts (`../test/1_left`) is a bad_image_id errors
+  row, never a file read from another folder or split.
 """
 
 from __future__ import annotations
@@ -17,7 +19,17 @@ from pathlib import Path
 from typing import Iterator
 
 from drray.data.sources import register
-from drray.data.sources.base import Candidate, Problem, index_images, locate, location, read_rows, relative, require_columns
+from drray.data.sources.base import (
+    Candidate,
+    Problem,
+    check_image_name,
+    index_images,
+    locate,
+    location,
+    read_rows,
+    relative,
+    require_columns,
+)
 from drray.schema import Reason
 
 log = logging.getLogger(__name__)
@@ -52,6 +64,10 @@ def scan(root: Path, **_options) -> Iterator[Candidate | Problem]:
             name = row["image"]
             if not name:
                 yield Problem(where, "ingest", Reason.MISSING_FILE, f"{where}: empty image name, no image to look for")
+                continue
+            bad = check_image_name(name, where, "image", root / folder)
+            if bad is not None:
+                yield bad
                 continue
             patient, eye = parse_name(name)
             path = locate(images, name, root / folder / f"{name}.jpeg")

@@ -17,6 +17,8 @@ with masks `A. Segmentation/2. All Segmentation Groundtruths/{set}/{1. Microaneu
   graded image of the same set (the same id), its masks would attach to that graded row instead.
 - A lesion absent from an image has no mask file in IDRiD: no file means no mask, not an error.
 - No patient ids are published: each image is its own patient, eye unknown.
+- An 'Image name' is a file name in its set's folder: one with path parts (`../b. Testing
+  Set/IDRiD_001`) is a bad_image_id errors row, never a file read from the other set.
 - A release that nests each part in a folder of the same name (`B. Disease Grading/B. Disease
   Grading/...`) is read too.
 """
@@ -30,6 +32,7 @@ from drray.data.sources import register
 from drray.data.sources.base import (
     Candidate,
     Problem,
+    check_image_name,
     index_images,
     locate,
     location,
@@ -73,6 +76,10 @@ def _graded(root: Path) -> Iterator[Candidate | Problem]:
             name = row["Image name"]
             if not name:
                 yield Problem(where, "ingest", Reason.MISSING_FILE, f"{where}: empty 'Image name', no image to look for")
+                continue
+            bad = check_image_name(name, where, "'Image name'", folder)
+            if bad is not None:
+                yield bad
                 continue
             path = locate(images, name, folder / f"{name}.jpg")
             yield Candidate(image_id=f"{split}/{Path(path).stem}", path=relative(root, path),

@@ -12,6 +12,8 @@ matched by file stem so a grade for `x.tif` finds a converted `x.png`.
   Without it each image is its own patient and its eye is unknown; the file names carry no
   pairing that could be derived safely.
 - No official split.
+- An image_id is a file name: one with path parts is a bad_image_id errors row, never a file
+  read from another folder.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from drray.data.sources.base import (
     IMAGE_SUFFIXES,
     Candidate,
     Problem,
+    check_image_name,
     index_images,
     locate,
     location,
@@ -91,6 +94,10 @@ def scan(root: Path, **_options) -> Iterator[Candidate | Problem]:
         name = row[id_col]
         if not name:
             yield Problem(where, "ingest", Reason.MISSING_FILE, f"{where}: empty {id_col}, no image to look for")
+            continue
+        bad = check_image_name(name, where, id_col, default_dir)
+        if bad is not None:
+            yield bad
             continue
         image_id = _stem(name)
         gradable = not (gradable_col and row[gradable_col].lower() in _NOT_GRADABLE)

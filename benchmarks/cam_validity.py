@@ -1,0 +1,351 @@
+"""CAM validity: do the maps land on the lesions the model uses? Pointing game per family, stride and method.
+
+One run, side by side: render drray's synthetic fundus set (lesion masks known exactly), ingest
+it, train each family briefly on the train split (a plain in-process torch loop with the Ray
+Train loop's loss, augmentation, schedule and ordinal calibration, on the same decoded and
+preprocessed images), then explain the test split at each target stride with every fast CAM
+method and score each map against the masks:
+
+- hit: pointing game (the map's peak within drray's tolerance, 2% of the image side, of a lesion
+  pixel), over all lesion images, correctly graded ones, grade 1 (microaneurysms only) and >= 2;
+- lift: mean share of map energy inside lesions over the mean share of the field they cover
+  (a uniform map scores 1);
+- chance: the mean exact chance hit rate (drray.evaluate.localisation.chance_hit_rate), what a
+  peak dropped at random inside the field of view scores;
+- random: the hit rate of the same method on a copy with every block re-initialised
+  (drray.cam.sanity), with rho the mean Spearman correlation of its maps with the trained ones;
+- cost: time of the CAM call over the forward-only call, same batch, measured interleaved.
+
+    python benchmarks/cam_validity.py --out /tmp/cam_validity          # ~1000 images, 4 families
+    python benchmarks/cam_validity.py --smoke-test                     # tiny sizes, a minute or two
+
+Trained models are kept under OUT/models/<family> and reused by a later run with --reuse, so the
+scoring can be rerun without training again. Results also go to OUT/cam_validity.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FAMILIES = ["test_resnet", "test_efficientnet", "test_convnext", "test_vit"]
+
+
+@dataclass
+class Split:
+    """Decoded images of one split: uint8 (N, S, S, 3), grades, lesion masks and fields of view (N, S, S)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    lesions: np.ndarray
+    fields: np.ndarray
+
+
+# ------------------------------------------------------------------------------------------ data
+def build_data(out: Path, args) -> Path:
+    """Synthetic set -> manifest (in this process: no Ray needed for a few hundred images)."""
+    from drray.config import SynthConfig
+    from drray.data.ingest import ingest
+    from drray.data.synth import generate
+
+    root = out / "synth"
+    if not (root / "labels.csv").is_file():
+        generate(SynthConfig(n=args.n, size=args.synth_size, seed=args.seed), root, parallel=False)
+    result = ingest("synth", root, out / "data", seed=args.seed, split_fractions=(0.6, 0.15, 0.25), parallel=False)
+    return result.manifest_path
+
+
+def field_of_view(path: str, box: tuple[int, int, int], size: int) -> np.ndarray:
+    """(S, S) bool: the fundus circle, as `prepare` found it, in preprocessed pixels."""
+    from drray.data.images import read_rgb
+    from drray.data.preprocess import CropBox, circle_in_box, find_fundus
+
+    circle = circle_in_box(find_fundus(read_rgb(path)), CropBox(*box), size)
+    yy, xx = np.ogrid[:size, :size]
+    return (xx - circle.cx) ** 2 + (yy - circle.cy) ** 2 <= circle.r ** 2
+
+
+def decode_split(manifest: Path, split: str, prep, scored: bool) -> Split:
+    """Every readable row of `split`, preprocessed exactly as training and `drray explain` do.
+
+    scored: also decode the lesion masks and find the field of view (the split the maps are scored on).
+    """
+    import cv2
+
+    from drray.data.dataset import decode_record, load_manifest, manifest_base_dir, resolve_path, unpack_mask
+    from drray.schema import LESION_TYPES, MASK_COLUMNS, MASK_TYPES
+
+    cv2.setNumThreads(1)
+    rows = load_manifest(str(manifest), split)
+    base = manifest_base_dir(str(manifest))
+    images, labels, lesions, fields = [], [], [], []
+    for _, row in rows.iterrows():
+        path = resolve_path(row["path"], base)
+        masks = {t: resolve_path(row[c], base) if isinstance(row[c], str) and row[c] else None
+                 for t, c in zip(MASK_TYPES, MASK_COLUMNS)} if scored else None
+        d = decode_record(path, prep, masks)
+        if d.error_reason:
+            continue
+        images.append(d.image)
+        labels.append(int(row["label"]))
+        if scored:
+            g = d.geometry
+            lesions.append(unpack_mask(d.masks, LESION_TYPES))
+            fields.append(field_of_view(path, (g["box_y0"], g["box_x0"], g["box_side"]), prep.image_size))
+    empty = np.zeros((0,), bool)
+    return Split(np.stack(images), np.asarray(labels), np.stack(lesions) if scored else empty,
+                 np.stack(fields) if scored else empty)
+
+
+# -------------------------------------------------------------------------------------- training
+def train_family(name: str, train: Split, val: Split, prep, args):
+    """A drray model trained as `drray train` trains it (loss, augmentation, schedule, calibration), best val QWK."""
+    import torch
+
+    from drray.evaluate.metrics import quadratic_weighted_kappa
+    from drray.models.model import create_model, fit_ordinal_temperature, fit_ordinal_thresholds
+    from drray.training.augment import augment, to_float
+    from drray.training.loop import _loss as training_loss  # the Ray Train loop's own loss
+    from drray.training.loop import lr_factor
+    from drray.training.train import class_weights
+
+    torch.manual_seed(args.seed)
+    model = create_model(name, head=args.head, image_size=prep.image_size, preprocess=prep)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    weights = torch.tensor(class_weights(train.labels), dtype=torch.float32)
+    generator = torch.Generator().manual_seed(args.seed)
+    mean, std = model.mean, model.std
+    images, labels = torch.from_numpy(train.images), torch.from_numpy(train.labels.astype(np.int64))
+    per_epoch = max(1, len(labels) // args.batch)
+    total, warmup = per_epoch * args.epochs, per_epoch  # one warm-up epoch, as the demo recipe
+    best, step, start = (-math.inf, None, None, 0), 0, time.perf_counter()
+    for epoch in range(args.epochs):
+        model.train()
+        order = torch.randperm(len(labels), generator=generator)
+        for b in range(per_epoch):
+            idx = order[b * args.batch:(b + 1) * args.batch]
+            x = (augment(to_float(images[idx]), generator=generator) - mean) / std
+            for group in optimizer.param_groups:
+                group["lr"] = args.lr * lr_factor(step, warmup, total)
+            loss = training_loss(model(x), labels[idx], model.head, weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+        outputs = forward_all(model, val.images)
+        if model.head == "ordinal":
+            t = fit_ordinal_thresholds(outputs[:, 0].numpy(), val.labels)
+            model.set_ordinal_calibration(t, fit_ordinal_temperature(outputs[:, 0].numpy(), val.labels, t))
+        qwk = quadratic_weighted_kappa(val.labels, model.predict(outputs).numpy())
+        print(f"    {name} epoch {epoch + 1}: val QWK {qwk:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
+        if qwk > best[0]:
+            best = (qwk, copy.deepcopy(model.state_dict()), copy.deepcopy(model.card), epoch + 1)
+    model.load_state_dict(best[1])
+    model.card = best[2]
+    print(f"  trained {name}: {args.epochs} epochs in {time.perf_counter() - start:.0f} s, "
+          f"best val QWK {best[0]:.3f} at epoch {best[3]}", flush=True)
+    return model.eval()
+
+
+def forward_all(model, images: np.ndarray, batch: int = 32):
+    import torch
+
+    model.eval()
+    with torch.inference_mode():
+        return torch.cat([model(model.normalize(torch.from_numpy(images[i:i + batch])))
+                          for i in range(0, len(images), batch)]).float()
+
+
+def trained_model(name: str, out: Path, data: dict[str, Split], prep, args):
+    from drray.models.model import load_model, save_model
+
+    model_dir = out / "models" / name
+    if args.reuse and (model_dir / "model.json").is_file():
+        print(f"  reusing {model_dir}", flush=True)
+        return load_model(model_dir)
+    model = train_family(name, data["train"], data["val"], prep, args)
+    save_model(model, model_dir)
+    return model
+
+
+# --------------------------------------------------------------------------------------- scoring
+def median_cost(model, engine, x, rounds: int) -> float:
+    """Median over interleaved rounds of (CAM call time) / (forward-only time) on the same batch."""
+    import torch
+
+    def forward():
+        with torch.inference_mode():
+            model(x)
+
+    forward(), engine(x)  # warm-up: first calls allocate
+    ratios = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        forward()
+        t1 = time.perf_counter()
+        engine(x)
+        t2 = time.perf_counter()
+        ratios.append((t2 - t1) / (t1 - t0))
+    return statistics.median(ratios)
+
+
+def score_family(name: str, model, test: Split, baselines: dict[str, np.ndarray], args) -> list[dict]:
+    """One row per (stride, method): the figures of the module docstring."""
+    import torch
+
+    from drray.cam import CamEngine, randomised_copy
+    from drray.cam.sanity import cascade_blocks
+    from drray.cam.target_layers import stride_layers
+    from drray.evaluate.localisation import energy_share, pointing_hit, rank_correlation
+
+    rand = randomised_copy(model, len(cascade_blocks(model)), seed=args.seed)
+    available = stride_layers(model.backbone, model.card.input_size)
+    strides = [s for s in args.strides if s in available] or list(available)[-1:]  # a transformer: its one grid
+    has = test.lesions.reshape(len(test.lesions), -1).any(axis=1)
+    tol = args.tolerance * test.images.shape[1]
+    rows = []
+    for stride in strides:
+        engine = CamEngine(model, method=args.methods[0], target_stride=stride)
+        r_engine = CamEngine(rand, method=args.methods[0], target_stride=engine.target_stride)
+        stats = {m: {"hit": [], "rhit": [], "energy": [], "rho": []} for m in args.methods}
+        preds = []
+        for i in range(0, len(test.images), args.batch):
+            x = model.normalize(torch.from_numpy(test.images[i:i + args.batch]))
+            out, r_out = engine(x, methods=args.methods), r_engine(x, methods=args.methods)
+            preds.append(out["preds"].numpy())
+            for j in range(len(x)):
+                k = i + j
+                if not has[k]:
+                    continue
+                for m in args.methods:
+                    cam, r_cam = out["cams_by_method"][m][j].numpy(), r_out["cams_by_method"][m][j].numpy()
+                    s = stats[m]
+                    s["hit"].append(pointing_hit(cam, test.lesions[k], tol))
+                    s["rhit"].append(pointing_hit(r_cam, test.lesions[k], tol))
+                    s["energy"].append(energy_share(cam, test.lesions[k]))
+                    # every 4th pixel: the maps are bilinear upsamplings, the ranks barely change
+                    s["rho"].append(rank_correlation(cam[::4, ::4], r_cam[::4, ::4]))
+        preds = np.concatenate(preds)
+        labels = test.labels[has]
+        correct = preds[has] == labels
+        for m in args.methods:
+            s = {k: np.asarray(v, dtype=np.float64) for k, v in stats[m].items()}
+            cost_engine = CamEngine(model, method=m, target_stride=engine.target_stride)
+            x = model.normalize(torch.from_numpy(test.images[:args.batch]))
+            rows.append({
+                "family": name, "stride": engine.target_stride, "layer": engine.target_layer_name, "method": m,
+                "n": int(has.sum()), "n_correct": int(correct.sum()), "n_grade1": int((labels == 1).sum()),
+                "hit": _mean(s["hit"]), "hit_correct": _mean(s["hit"][correct]),
+                "hit_grade1": _mean(s["hit"][labels == 1]), "hit_grade2plus": _mean(s["hit"][labels >= 2]),
+                "lift": _mean(s["energy"]) / _mean(baselines["area"][has]),
+                "lift_median": float(np.nanmedian(s["energy"] / baselines["area"][has])),
+                "chance": _mean(baselines["chance"][has]),
+                "random_hit": _mean(s["rhit"]), "random_rho": _mean(s["rho"]),
+                "cost": median_cost(model, cost_engine, x, args.timing_rounds),
+                "test_accuracy": float((preds == test.labels).mean()),
+            })
+            print(_row(rows[-1]), flush=True)
+    return rows
+
+
+def _mean(x: np.ndarray) -> float:
+    """Mean of the finite values; NaN, without numpy's warning, when there are none (e.g. no grade-1 image)."""
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else float("nan")
+
+
+HEADER = (f"{'family':18s} {'stride':>6s} {'method':18s} {'hit':>5s} {'correct':>7s} {'grade1':>6s} {'>=2':>5s} "
+          f"{'lift':>5s} {'chance':>6s} {'random':>6s} {'rho':>5s} {'cost':>5s}")
+
+
+def _row(r: dict) -> str:
+    return (f"{r['family']:18s} {r['stride']:>6} {r['method']:18s} {r['hit']:5.2f} {r['hit_correct']:7.2f} "
+            f"{r['hit_grade1']:6.2f} {r['hit_grade2plus']:5.2f} {r['lift']:5.1f} {r['chance']:6.2f} "
+            f"{r['random_hit']:6.2f} {r['random_rho']:5.2f} {r['cost']:4.2f}x")
+
+
+def baselines_of(test: Split, tolerance_px: float) -> dict[str, np.ndarray]:
+    from drray.evaluate.localisation import chance_hit_rate, lesion_area_share
+
+    return {"chance": np.array([chance_hit_rate(les, f, tolerance_px) for les, f in zip(test.lesions, test.fields)]),
+            "area": np.array([lesion_area_share(les, f) for les, f in zip(test.lesions, test.fields)])}
+
+
+# ------------------------------------------------------------------------------------------ main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=None, help="work directory (default: a temporary one)")
+    parser.add_argument("--families", nargs="+", default=FAMILIES)
+    parser.add_argument("--n", type=int, default=1000, help="synthetic images (60/15/25%% train/val/test)")
+    parser.add_argument("--synth-size", type=int, default=256, help="side of the rendered photographs")
+    parser.add_argument("--image-size", type=int, default=192, help="network input side")
+    parser.add_argument("--no-ben-graham", dest="ben_graham", action="store_false")
+    parser.add_argument("--head", default="ordinal", choices=["ordinal", "classification"])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--strides", type=int, nargs="+", default=[8, 16, 32])
+    parser.add_argument("--methods", nargs="+", default=None, help="default: every fast method of CAM_METHODS")
+    parser.add_argument("--tolerance", type=float, default=None, help="pointing tolerance, share of the side "
+                        "(default drray's CamConfig.pointing_tolerance)")
+    parser.add_argument("--timing-rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reuse", action="store_true", help="load models trained by an earlier run in OUT")
+    parser.add_argument("--smoke-test", action="store_true",
+                        help="40 images at 64 px, 1 epoch, gradcam and eigencam, 1 timing round")
+    args = parser.parse_args()
+    if args.smoke_test:
+        args.n, args.synth_size, args.image_size, args.epochs, args.batch, args.timing_rounds = 40, 96, 64, 1, 8, 1
+        args.methods = args.methods or ["gradcam", "eigencam"]  # one gradient method, one without
+
+    import torch
+
+    from drray.cam import CAM_METHODS
+    from drray.config import CamConfig, PreprocessConfig
+
+    torch.set_num_threads(args.threads)
+    args.methods = args.methods or [n for n, m in CAM_METHODS.items() if m.fast]
+    args.tolerance = CamConfig().pointing_tolerance if args.tolerance is None else args.tolerance
+    tmp = tempfile.TemporaryDirectory(prefix="drray_cam_validity_") if args.out is None else None
+    out = Path(tmp.name) if tmp is not None else args.out
+    out.mkdir(parents=True, exist_ok=True)
+    prep = PreprocessConfig(image_size=args.image_size, crop=True, ben_graham=args.ben_graham)
+    start = time.perf_counter()
+    manifest = build_data(out, args)
+    data = {s: decode_split(manifest, s, prep, scored=s == "test") for s in ("train", "val", "test")}
+    test = data["test"]
+    baselines = baselines_of(test, args.tolerance * args.image_size)
+    n_les = int(test.lesions.reshape(len(test.labels), -1).any(axis=1).sum())
+    print(f"CAM validity: {args.n} synthetic images at {args.synth_size} px -> {args.image_size} px "
+          f"(Ben Graham {'on' if args.ben_graham else 'off'}), {args.head} head, {args.epochs} epochs; "
+          f"test split {len(test.labels)} images, {n_les} with lesions; tolerance {args.tolerance:.0%} of the side "
+          f"({args.tolerance * args.image_size:.2f} px); {args.threads} torch threads; data in "
+          f"{time.perf_counter() - start:.0f} s", flush=True)
+    rows = []
+    for name in args.families:
+        model = trained_model(name, out, data, prep, args)
+        print(HEADER)
+        rows += score_family(name, model, test, baselines, args)
+    (out / "cam_validity.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                       "rows": rows}, indent=1))
+    print(f"hit: pointing game over lesion images (correct: correctly graded; grade1; >=2); lift: energy in lesions "
+          f"/ their area share; chance: random peak in the field; random: all blocks re-initialised (rho: Spearman "
+          f"with the trained maps); cost: CAM time / forward-only time. {time.perf_counter() - start:.0f} s in all; "
+          f"results in {out / 'cam_validity.json'}")
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Post-processing of raw CAMs: ReLU and per-image rescaling to [0, 1], resizing, as pytorch-grad-cam does."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_EPS_NORMALISE = 1e-7
+
+
+def _rescale_(cams: torch.Tensor) -> torch.Tensor:
+    """In place: each map minus its minimum, over its range (+eps), as pytorch-grad-cam's scale_cam_image."""
+    flat = cams.flatten(1)
+    lo, hi = flat.amin(dim=1), flat.amax(dim=1)  # two reductions beat torch.aminmax on the CPU here
+    shape = (-1,) + (1,) * (cams.ndim - 1)
+    return cams.sub_(lo.reshape(shape)).div_((hi - lo).reshape(shape) + _EPS_NORMALISE)
+
+
+def normalise_maps(cams: torch.Tensor) -> torch.Tensor:
+    """ReLU, then each map shifted and scaled to [0, 1] (a constant map becomes 0), as pytorch-grad-cam does."""
+    return _rescale_(cams.clamp_min(0))
+
+
+def upsample_maps(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, h, w) maps in [0, 1] -> (B, *size), bilinear (half-pixel centres, as cv2.INTER_LINEAR), renormalised.
+
+    Shrinking a map (a full-size zoo map to a stored thumbnail) low-pass filters it first. Both
+    filters have non-negative weights, so no ReLU is needed before rescaling.
+    """
+    h, w = cams.shape[-2:]
+    if (h, w) == tuple(size):
+        return cams
+    shrink = size[0] < h or size[1] < w
+    resized = F.interpolate(cams[:, None], size=tuple(size), mode="bilinear", align_corners=False,
+                            antialias=shrink)[:, 0]
+    return _rescale_(resized)

@@ -1,0 +1,98 @@
+"""The columns of an explanation row that depend on its map: stored map, peak, entropy, lesion scores.
+
+Masks are compared at the preprocessed image's resolution: the engine upsamples each map to the
+network input (S x S) and the lesion masks were warped to that grid with the image, so a
+one-pixel microaneurysm still counts. The stored map is that map shrunk to `cam_size` (area
+average) as float16; `cam_entropy` is measured on the stored map, so anyone can recompute it
+(drray.evaluate.localisation.entropy: the map as a distribution, entropy / log(h*w), in [0, 1]).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from drray.evaluate.localisation import energy_share, entropy, peak, pointing_hit
+from drray.schema import LESION_TYPES, OPTIC_DISC
+from drray.storage import finite_or_none
+
+
+def shrink_map(cam: np.ndarray, size: int) -> np.ndarray:
+    """(H, W) map -> (size, size) float32 by area averaging (bilinear when enlarging)."""
+    import cv2
+
+    cam = np.asarray(cam, dtype=np.float32)
+    if cam.shape == (size, size):
+        return cam
+    interp = cv2.INTER_AREA if cam.shape[0] >= size else cv2.INTER_LINEAR
+    return cv2.resize(cam, (size, size), interpolation=interp)
+
+
+def decode_map(blob: bytes, h: int, w: int) -> np.ndarray:
+    """The `cam` column of a row back to an (h, w) float32 map (inverse of what map_scores stores)."""
+    return np.frombuffer(blob, dtype=np.float16).reshape(int(h), int(w)).astype(np.float32)
+
+
+def map_scores(
+    cam: np.ndarray,
+    mask_bits: np.ndarray | None,
+    box: tuple[int, int, int],
+    orig_shape: tuple[int, int],
+    cam_size: int,
+    tolerance: float,
+    field_of_view: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Columns of one explanation row that depend on the map.
+
+    cam: (S, S) map in [0, 1] on the preprocessed image's grid.
+    mask_bits: (S, S) uint8 lesion bits (`drray.data.dataset.mask_bits`) on the same grid, or None.
+    box: the crop box (y0, x0, side) in original pixels, from the decode step.
+    orig_shape: (H, W) of the original photograph.
+    tolerance: pointing-game tolerance as a share of S.
+    field_of_view: (S, S) bool, the fundus on the same grid; with masks it gives `lesion_area` (lesion
+    pixels / field pixels) and `chance_hit` (the exact share of the field within the tolerance of a
+    lesion pixel: what a peak dropped at random in the fundus scores).
+    Lesion scores are null where the image has no pixel of that type (no mask, or an empty one):
+    there is nothing to point at, and a share of 0 would only restate the absence.
+    """
+    from drray.data.dataset import unpack_mask
+    from drray.data.preprocess import CropBox, box_to_image_coords
+
+    side = cam.shape[0]
+    small = shrink_map(cam, cam_size)
+    p = peak(cam)
+    if p is None or box[2] <= 0:
+        peak_y = peak_x = None
+    else:
+        peak_y, peak_x = box_to_image_coords(p[0], p[1], CropBox(*box), side, orig_shape)
+    row: dict[str, Any] = {
+        "cam": small.astype(np.float16).tobytes(),
+        "cam_h": cam_size,
+        "cam_w": cam_size,
+        "peak_y": peak_y,
+        "peak_x": peak_x,
+        "cam_entropy": finite_or_none(entropy(small)),
+        "pointing_hit": None,
+        "energy_in_lesions": None,
+        "od_energy": None,
+        **{f"energy_{t}": None for t in LESION_TYPES},
+        "lesion_area": None,
+        "chance_hit": None,
+    }
+    if mask_bits is None:
+        return row
+    lesions = unpack_mask(mask_bits, LESION_TYPES)
+    if lesions.any():
+        row["pointing_hit"] = pointing_hit(cam, lesions, tolerance * side)
+        row["energy_in_lesions"] = finite_or_none(energy_share(cam, lesions))
+        if field_of_view is not None and field_of_view.any():
+            from drray.evaluate.localisation import chance_hit_rate
+
+            row["lesion_area"] = float((lesions & field_of_view).sum() / field_of_view.sum())
+            row["chance_hit"] = chance_hit_rate(lesions, field_of_view, tolerance * side)
+    for t in LESION_TYPES + (OPTIC_DISC,):
+        m = unpack_mask(mask_bits, t)
+        if m.any():
+            row["od_energy" if t == OPTIC_DISC else f"energy_{t}"] = finite_or_none(energy_share(cam, m))
+    return row

@@ -1,0 +1,323 @@
+"""The one predictor: a model dir -> grades and maps for prepared uint8 batches, or one photograph end to end.
+
+    predictor = Predictor.from_model_dir("runs/demo/model", methods=["gradcam"])
+    p = predictor.predict(images)          # images: (B, S, S, 3) uint8, prepared with the model's preprocessing
+    e = predictor.explain(images)          # + one (B, S, S) map in [0, 1] per method
+    result = predictor.explain_image("eye.jpg")   # read, preprocess, explain, score, overlay: one dict
+
+Batch explanation (drray.explain.actor), evaluation (drray.evaluate.evaluate), training's
+validation (drray.training.loop), `drray.explain_image` and serving (drray.serve) all go through
+here, so "uint8 batch -> normalise -> model -> grade probabilities -> maps" is written once.
+The model dir carries its preprocessing (model.json), so a photograph becomes the same network
+input in training, batch explanation and serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from drray.config import CamConfig, PreprocessConfig
+from drray.data.images import DEFAULT_MAX_PIXELS
+from drray.schema import GRADE_NAMES, REFERABLE_MIN_GRADE, REFERABLE_THRESHOLD
+
+if TYPE_CHECKING:
+    import torch
+
+    from drray.models.model import DRModel, ModelFiles
+
+log = logging.getLogger(__name__)
+
+QUALITY_NO_FUNDUS = ("no circular field of view was found: a centre crop was graded; "
+                     "the grade and the map are unreliable (is this a fundus photograph?)")
+
+
+# ------------------------------------------------------------------------------------ functions
+def to_input(model: "DRModel", images: Any, device: "torch.device") -> "torch.Tensor":
+    """(B, S, S, 3) uint8 prepared images (numpy or tensor) -> (B, 3, S, S) normalised float32 on `device`."""
+    import torch
+
+    if isinstance(images, np.ndarray):
+        # Ray hands out read-only views of the object store; torch wants writable memory.
+        images = torch.from_numpy(np.require(images, requirements=["C", "W"]))
+    return model.normalize(images.to(device, non_blocking=True))
+
+
+def forward_outputs(model: "DRModel", images: Any, device: "torch.device", autocast_dtype=None) -> "torch.Tensor":
+    """Raw (B, K) float32 outputs on the CPU for prepared uint8 images, without gradients."""
+    import contextlib
+
+    import torch
+
+    x = to_input(model, images, device)
+    amp = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
+           else contextlib.nullcontext())
+    with torch.inference_mode(), amp:
+        return model(x).float().cpu()
+
+
+def read_outputs(model: "DRModel", outputs: "torch.Tensor") -> tuple[np.ndarray, np.ndarray]:
+    """Raw outputs -> ((B, 5) float32 grade probabilities, (B,) int64 grades), as the model's head reads them."""
+    import torch
+
+    with torch.inference_mode():
+        return (model.grade_probs(outputs).float().cpu().numpy().astype(np.float32),
+                model.predict(outputs).cpu().numpy().astype(np.int64))
+
+
+@dataclass
+class Predictions:
+    """What `Predictor.predict` returns for a batch of B images."""
+
+    outputs: np.ndarray
+    """(B, K) raw outputs (5 logits, or the ordinal score)."""
+    probs: np.ndarray
+    """(B, 5) grade probabilities, rows summing to 1."""
+    preds: np.ndarray
+    """(B,) predicted grades."""
+
+    @property
+    def referable_prob(self) -> np.ndarray:
+        """(B,) P(grade >= 2)."""
+        return self.probs[:, REFERABLE_MIN_GRADE:].sum(axis=1)
+
+
+@dataclass
+class Explanations(Predictions):
+    """What `Predictor.explain` returns: predictions plus, per method, maps on the input grid."""
+
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+    """method -> (B, S, S) float32 in [0, 1]."""
+    targets: np.ndarray | None = None
+    """(B,) the grade each map explains; -1 where the target is a score (ordinal "pred", "score", "referable")."""
+    faithfulness: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    """method -> {"road_score", "deletion_auc", "insertion_auc"}: (B,) arrays, with cam.faithfulness."""
+
+
+# ------------------------------------------------------------------------------------ predictor
+class Predictor:
+    """A model and its CAM engine, loaded once (per process, actor or Serve replica).
+
+    methods: CAM methods `explain` runs by default (`drray.CAM_METHODS`); empty: predictions only.
+    target: what the maps explain ("pred", "referable", "score" or a grade 0-4).
+    cam: map size, pointing tolerance, overlay size, faithfulness, target layer or stride (`CamConfig`).
+    device: "cpu", "cuda", ...; default CUDA when available.
+    Calls are serialised by a lock: the CAM engine toggles the model's state for the duration of a call.
+    """
+
+    def __init__(self, model: "DRModel", *, methods: Sequence[str] | None = None, target: Any = None,
+                 cam: CamConfig | None = None, device: Any = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 autocast_dtype: Any = None):
+        import torch
+
+        from drray.cam.methods import get_method
+        from drray.cam.targets import parse_target
+
+        self.cam = cam or CamConfig()
+        self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.eval().to(self.device)
+        names = self.cam.methods if methods is None else list(methods)
+        self.methods: list[str] = [get_method(m).name for m in names]
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"CAM methods repeat: {self.methods}")
+        self.target = parse_target(self.cam.target if target is None else target)
+        self.max_pixels = int(max_pixels)
+        self.autocast_dtype = autocast_dtype
+        self._lock = threading.Lock()
+        self._engine = None
+
+    @classmethod
+    def from_model_dir(cls, model_dir: "str | os.PathLike | ModelFiles", *, methods: Sequence[str] | None = None,
+                       target: Any = None, cam: CamConfig | None = None, device: Any = None,
+                       max_pixels: int = DEFAULT_MAX_PIXELS, autocast_dtype: Any = None) -> "Predictor":
+        """Load a model dir (local path, URI, or the `ModelFiles` an actor received) once."""
+        from drray.models.model import load_model
+
+        return cls(load_model(model_dir), methods=methods, target=target, cam=cam, device=device,
+                   max_pixels=max_pixels, autocast_dtype=autocast_dtype)
+
+    # -------------------------------------------------------------------------------- properties
+    @property
+    def card(self):
+        return self.model.card
+
+    @property
+    def model_id(self) -> str:
+        return self.model.card.model_id
+
+    @property
+    def input_size(self) -> int:
+        return int(self.model.card.input_size)
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        return self.model.card.preprocess_config()
+
+    @property
+    def engine(self):
+        """The CAM engine (one for every method: the fast ones share one forward and one backward pass)."""
+        if self._engine is None:
+            from drray.cam import CamEngine
+
+            layer = {"target_layer": self.cam.target_layer} if getattr(self.cam, "target_layer", None) else {}
+            stride = {"target_stride": self.cam.target_stride} if getattr(self.cam, "target_stride", None) else {}
+            self._engine = CamEngine(self.model, method=self.methods[0] if self.methods else "gradcam",
+                                     target=self.target, device=self.device, autocast_dtype=self.autocast_dtype,
+                                     **layer, **stride)
+        return self._engine
+
+    @property
+    def target_layer(self) -> str:
+        """Dotted name of the layer the maps are computed at."""
+        return self.engine.target_layer_name
+
+    def describe(self) -> dict[str, Any]:
+        """What the model is: for `GET /api/v1/model`, reports and logs."""
+        card = self.model.card
+        return {
+            "model_id": card.model_id, "backbone": card.timm_name, "head": card.head,
+            "input_size": card.input_size, "preprocess": dict(card.preprocess), "metrics": dict(card.metrics),
+            "target_layer": self.target_layer, "target_stride": getattr(self.engine, "target_stride", None),
+            "methods": list(self.methods), "target": str(self.cam.target if self.target is None else self.target.kind),
+            "grades": {str(g): name for g, name in enumerate(GRADE_NAMES)}, "created": card.created,
+            "drray_version": card.drray_version, "device": str(self.device),
+        }
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+
+    # ----------------------------------------------------------------------------------- batches
+    def predict(self, images: Any) -> Predictions:
+        """Grades of (B, S, S, 3) uint8 images prepared with this model's preprocessing."""
+        with self._lock:
+            outputs = forward_outputs(self.model, images, self.device, self.autocast_dtype)
+            probs, preds = read_outputs(self.model, outputs)
+        return Predictions(outputs.numpy(), probs, preds)
+
+    def explain(self, images: Any, methods: Sequence[str] | None = None, target: Any = None) -> Explanations:
+        """Grades and maps (one per method, on the S x S input grid) for prepared uint8 images."""
+        from drray.cam.methods import get_method
+        from drray.cam.targets import parse_target
+
+        chosen = self.methods if methods is None else [get_method(m).name for m in methods]
+        if not chosen:
+            p = self.predict(images)
+            return Explanations(p.outputs, p.probs, p.preds)
+        tgt = self.target if target is None else parse_target(target)
+        with self._lock:
+            x = to_input(self.model, images, self.device)
+            res = self.engine(x, target=tgt, output_size=(self.input_size, self.input_size), methods=chosen)
+            out = Explanations(res["logits"].numpy(), res["probs"].numpy().astype(np.float32),
+                               res["preds"].numpy().astype(np.int64),
+                               maps={m: res["cams_by_method"][m].float().numpy() for m in chosen},
+                               targets=res["targets"].numpy())
+            if self.cam.faithfulness:
+                from drray.cam.faithfulness import faithfulness_scores
+
+                for m in chosen:
+                    out.faithfulness[m] = faithfulness_scores(self.model, x, out.maps[m], tgt, out.targets, out.preds)
+        return out
+
+    def score_map(self, cam: np.ndarray, mask_bits: np.ndarray | None, box: tuple[int, int, int],
+                  orig_shape: tuple[int, int], field_of_view: np.ndarray | None = None) -> dict[str, Any]:
+        """The explanation-row columns of one map (drray.evaluate.map_scores) with this predictor's settings."""
+        from drray.evaluate.map_scores import map_scores
+
+        return map_scores(cam, mask_bits, box, orig_shape, self.cam.cam_size, self.cam.pointing_tolerance,
+                          field_of_view=field_of_view)
+
+    # ------------------------------------------------------------------------------- one image
+    def explain_image(self, image: "str | os.PathLike | bytes | np.ndarray", *, method: str | None = None,
+                      target: Any = None, ben_graham: bool | None = None, overlay_alpha: float = 0.4,
+                      overlay_size: int | None = None) -> dict[str, Any]:
+        """Read, preprocess, grade, explain and score one photograph; overlays on the colour photograph.
+
+        image: a file path, encoded bytes (JPEG, PNG, ...), or an (H, W, 3) uint8 RGB array.
+        method: one CAM method (default the predictor's first, else gradcam); target: as `explain`.
+        ben_graham: override the model's Ben Graham setting (None keeps what it was trained with).
+        Returns plain values: grade, grade_name, probs, referable_prob, referable, method, target,
+        target_class, cam ((S, S) float32), cam_png, overlay ((s, s, 3) uint8), overlay_png, peak_y,
+        peak_x, cam_entropy, quality_ok, warnings, timings_ms, model_id, target_layer.
+        """
+        from drray.cam.methods import get_method
+        from drray.cam.overlay import colorize, encode_png, overlay_on_photo
+        from drray.data.images import decode_rgb, read_rgb
+        from drray.data.preprocess import prepare
+
+        start = time.perf_counter()
+        timings: dict[str, float] = {}
+        if isinstance(image, np.ndarray):
+            rgb = image
+        elif isinstance(image, (bytes, bytearray, memoryview)):
+            rgb = decode_rgb(bytes(image), "uploaded image", self.max_pixels)
+        elif isinstance(image, (str, Path, os.PathLike)):
+            rgb = read_rgb(image, self.max_pixels)
+        else:
+            raise TypeError(f"explain_image takes a path, encoded bytes or an (H, W, 3) uint8 array, "
+                            f"got {type(image).__name__}")
+        timings["decode_ms"] = (time.perf_counter() - start) * 1000
+        t = time.perf_counter()
+        cfg = self.preprocess
+        if ben_graham is not None and bool(ben_graham) != cfg.ben_graham:
+            import dataclasses
+
+            cfg = dataclasses.replace(cfg, ben_graham=bool(ben_graham))
+        prepared = prepare(rgb, cfg)
+        timings["preprocess_ms"] = (time.perf_counter() - t) * 1000
+        name = get_method(method).name if method else (self.methods[0] if self.methods else "gradcam")
+        t = time.perf_counter()
+        out = self.explain(prepared.image[None], methods=[name], target=target)
+        timings["model_ms"] = (time.perf_counter() - t) * 1000
+        cam = out.maps[name][0]
+        box = (prepared.box.y0, prepared.box.x0, prepared.box.side)
+        scores = self.score_map(cam, None, box, rgb.shape[:2])
+        size = int(overlay_size or max(self.cam.overlay_size, min(512, prepared.box.side)))
+        t = time.perf_counter()
+        overlay = overlay_on_photo(rgb, prepared.box, cam, size, overlay_alpha)
+        result = {
+            "model_id": self.model_id,
+            "grade": int(out.preds[0]),
+            "grade_name": GRADE_NAMES[int(out.preds[0])],
+            "probs": [float(p) for p in out.probs[0]],
+            "referable_prob": float(out.referable_prob[0]),
+            "referable": bool(out.referable_prob[0] >= REFERABLE_THRESHOLD),
+            "method": name,
+            "target": (target if target is not None else self.cam.target),
+            "target_class": int(out.targets[0]) if out.targets is not None and out.targets[0] >= 0 else None,
+            "target_layer": self.target_layer,
+            "cam": cam,
+            "cam_png": encode_png(colorize(cam)),
+            "overlay": overlay,
+            "overlay_png": encode_png(overlay),
+            "peak_y": scores["peak_y"],
+            "peak_x": scores["peak_x"],
+            "cam_entropy": scores["cam_entropy"],
+            "quality_ok": bool(prepared.quality_ok),
+            "warnings": [] if prepared.quality_ok else [QUALITY_NO_FUNDUS],
+            "image_size": [int(rgb.shape[1]), int(rgb.shape[0])],
+        }
+        timings["render_ms"] = (time.perf_counter() - t) * 1000
+        timings["total_ms"] = (time.perf_counter() - start) * 1000
+        result["timings_ms"] = {k: round(v, 2) for k, v in timings.items()}
+        return result
+
+
+def explain_image(image: "str | os.PathLike | bytes | np.ndarray", model_dir: str | os.PathLike,
+                  method: str = "gradcam", target: Any = "pred", **kwargs: Any) -> dict[str, Any]:
+    """One photograph, end to end, with the model in `model_dir` (see `Predictor.explain_image`).
+
+    Loads the model on each call: keep a `Predictor` for many images.
+    """
+    predictor = Predictor.from_model_dir(model_dir, methods=[method], target=target)
+    try:
+        return predictor.explain_image(image, method=method, **kwargs)
+    finally:
+        predictor.close()
