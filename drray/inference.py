@@ -248,40 +248,41 @@ class Predictor:
         peak_x, cam_entropy, quality_ok, warnings, timings_ms, model_id, target_layer.
         """
         from drray.cam.methods import get_method
-        from drray.cam.overlay import colorize, encode_png, overlay_on_photo
-        from drray.data.images import decode_rgb, read_rgb
-        from drray.data.preprocess import prepare
+        from drray.cam.overlay import blend, colorize, encode_png
+        from drray.data.dataset import decode_photo_prepared
+        from drray.data.images import Photo, read_bytes
+        from drray.data.preprocess import crop_resized, prepare
 
         start = time.perf_counter()
-        timings: dict[str, float] = {}
-        if isinstance(image, np.ndarray):
-            rgb = image
-        elif isinstance(image, (bytes, bytearray, memoryview)):
-            rgb = decode_rgb(bytes(image), "uploaded image", self.max_pixels)
-        elif isinstance(image, (str, Path, os.PathLike)):
-            rgb = read_rgb(image, self.max_pixels)
-        else:
-            raise TypeError(f"explain_image takes a path, encoded bytes or an (H, W, 3) uint8 array, "
-                            f"got {type(image).__name__}")
-        timings["decode_ms"] = (time.perf_counter() - start) * 1000
-        t = time.perf_counter()
         cfg = self.preprocess
         if ben_graham is not None and bool(ben_graham) != cfg.ben_graham:
             import dataclasses
 
             cfg = dataclasses.replace(cfg, ben_graham=bool(ben_graham))
-        prepared = prepare(rgb, cfg)
-        timings["preprocess_ms"] = (time.perf_counter() - t) * 1000
+        # Files and bytes go through the reader training and batch explanation use (reduced-scale
+        # JPEG decoding included), so a photograph becomes the same network input everywhere.
+        if isinstance(image, np.ndarray):
+            photo = Photo(image, 1, (int(image.shape[0]), int(image.shape[1])))
+            prepared = prepare(image, cfg)
+        elif isinstance(image, (bytes, bytearray, memoryview, str, Path, os.PathLike)):
+            data, where = ((bytes(image), "uploaded image") if isinstance(image, (bytes, bytearray, memoryview))
+                           else (read_bytes(image), str(image)))
+            prepared, photo = decode_photo_prepared(data, where, cfg, self.max_pixels)
+        else:
+            raise TypeError(f"explain_image takes a path, encoded bytes or an (H, W, 3) uint8 array, "
+                            f"got {type(image).__name__}")
+        timings: dict[str, float] = {"preprocess_ms": (time.perf_counter() - start) * 1000}
         name = get_method(method).name if method else (self.methods[0] if self.methods else "gradcam")
         t = time.perf_counter()
         out = self.explain(prepared.image[None], methods=[name], target=target)
         timings["model_ms"] = (time.perf_counter() - t) * 1000
         cam = out.maps[name][0]
         box = (prepared.box.y0, prepared.box.x0, prepared.box.side)
-        scores = self.score_map(cam, None, box, rgb.shape[:2])
-        size = int(overlay_size or max(self.cam.overlay_size, min(512, prepared.box.side)))
+        scores = self.score_map(cam, None, box, photo.shape)
         t = time.perf_counter()
-        overlay = overlay_on_photo(rgb, prepared.box, cam, size, overlay_alpha)
+        size = int(overlay_size or max(self.cam.overlay_size, min(512, prepared.box.side // photo.scale)))
+        # The map covers the crop box exactly: drawn on the colour photograph cut to that box.
+        overlay = blend(crop_resized(photo.rgb, prepared.box, size, photo.scale), cam, size, overlay_alpha)
         result = {
             "model_id": self.model_id,
             "grade": int(out.preds[0]),
@@ -302,7 +303,7 @@ class Predictor:
             "cam_entropy": scores["cam_entropy"],
             "quality_ok": bool(prepared.quality_ok),
             "warnings": [] if prepared.quality_ok else [QUALITY_NO_FUNDUS],
-            "image_size": [int(rgb.shape[1]), int(rgb.shape[0])],
+            "image_size": [int(photo.shape[1]), int(photo.shape[0])],
         }
         timings["render_ms"] = (time.perf_counter() - t) * 1000
         timings["total_ms"] = (time.perf_counter() - start) * 1000

@@ -350,12 +350,14 @@ def test_explain_writes_the_schema_errors_and_reruns_idempotently(ray_session, f
 
     rows = duckdb.sql(f"""
         select image_id, label, pred, probs, referable_prob, cam, cam_h, cam_w, peak_y, peak_x, cam_entropy,
-               pointing_hit, energy_in_lesions, energy_ex, energy_ma, od_energy, overlay_png, target_class
+               pointing_hit, energy_in_lesions, energy_ex, energy_ma, od_energy, overlay_png, target_class,
+               lesion_area, chance_hit, cam_layer
         from read_parquet('{out}/explanations/**/*.parquet', hive_partitioning=true)
     """).fetchall()
     assert len(rows) == 2 * good
     for (image_id, label, pred, probs, referable, cam_blob, h, w, py, px, ent, hit, e_les, e_ex, e_ma, e_od,
-         png, target) in rows:
+         png, target, area, chance, layer) in rows:
+        assert layer.startswith("backbone.")
         assert abs(sum(probs) - 1) < 1e-4 and referable == pytest.approx(sum(probs[2:]), abs=1e-5)
         assert pred == target == int(np.argmax(probs))
         stored = np.frombuffer(cam_blob, np.float16).reshape(h, w)
@@ -365,8 +367,10 @@ def test_explain_writes_the_schema_errors_and_reruns_idempotently(ray_session, f
         assert e_od is not None and e_ma is None  # every image has an optic disc, none has microaneurysms
         if label == 2:
             assert hit is not None and 0.0 <= e_les <= 1.0 and e_ex is not None
+            # A random peak in the fundus hits a lesion at least as often as lesions cover it.
+            assert 0.0 < area <= chance < 1.0
         else:
-            assert hit is None and e_les is None and e_ex is None
+            assert hit is None and e_les is None and e_ex is None and area is None and chance is None
 
     # The same command again: nothing new, nothing twice, the failed image not retried.
     files = sorted((out / "explanations").rglob("*.parquet"))

@@ -46,14 +46,3 @@ def overlay_png(image: np.ndarray, cam: np.ndarray, size: int | None = None, alp
     """PNG thumbnail of `blend(image, cam, size, alpha)`."""
     return encode_png(blend(image, cam, size, alpha))
 
-
-def overlay_on_photo(photo: np.ndarray, box, cam: np.ndarray, size: int, alpha: float = 0.4) -> np.ndarray:
-    """The map over the colour photograph, cropped to the fundus: what a clinician recognises.
-
-    photo: the original (H, W, 3) uint8 RGB photograph; box: the crop box the network input was cut
-    from (drray.data.preprocess.CropBox, original pixels); cam: the map on the network input's grid,
-    which covers exactly that box. Returns (size, size, 3) uint8.
-    """
-    from drray.data.preprocess import crop_square
-
-    return blend(crop_square(photo, box), cam, size, alpha)

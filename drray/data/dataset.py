@@ -26,12 +26,15 @@ from drray.data.images import DEFAULT_MAX_PIXELS, ImageError, decode_photo, read
 from drray.schema import MASK_COLUMNS, MASK_TYPES
 
 if TYPE_CHECKING:
+    from drray.data.images import Photo
     from drray.data.preprocess import Prepared
 
 log = logging.getLogger(__name__)
 
 # Columns every decoded row has, besides the image (and masks).
 GEOMETRY_COLUMNS = ("box_y0", "box_x0", "box_side", "orig_h", "orig_w", "quality_ok")
+FIELD_COLUMNS = ("fov_cy", "fov_cx", "fov_r")
+"""The field-of-view circle in pixels of the prepared (S, S) image (r = 0 when none was found)."""
 PASSTHROUGH_COLUMNS = ("image_id", "dataset", "split", "label", "patient_id", "path")
 
 
@@ -69,11 +72,21 @@ class Decoded:
     geometry: dict[str, Any]
     error_reason: str = ""
     error_detail: str = ""
+    colour: np.ndarray | None = None  # (S, S, 3) uint8: the crop before Ben Graham, for overlays
 
 
-def decode_prepared(data: bytes, where: str, cfg: PreprocessConfig, max_pixels: int = DEFAULT_MAX_PIXELS,
-                    full_resolution: bool = False) -> tuple[Prepared, tuple[int, int]]:
-    """Encoded photograph -> (`Prepared` with its geometry in original pixels, original (H, W)).
+def _field(prep: Prepared) -> dict[str, float]:
+    from drray.data.preprocess import circle_in_box
+
+    if not prep.circle.found:
+        return dict(fov_cy=0.0, fov_cx=0.0, fov_r=0.0)
+    c = circle_in_box(prep.circle, prep.box, prep.image.shape[0])
+    return dict(fov_cy=float(c.cy), fov_cx=float(c.cx), fov_r=float(c.r))
+
+
+def decode_photo_prepared(data: bytes, where: str, cfg: PreprocessConfig, max_pixels: int = DEFAULT_MAX_PIXELS,
+                          full_resolution: bool = False) -> tuple[Prepared, Photo]:
+    """Encoded photograph -> (`Prepared` with its geometry in original pixels, the decoded `Photo`).
 
     A JPEG (and, by 4, a large PNG) is decoded at the largest reduction that keeps its shorter
     side `drray.data.preprocess.decode_side(cfg)`; a fundus so much smaller than its frame that
@@ -88,13 +101,20 @@ def decode_prepared(data: bytes, where: str, cfg: PreprocessConfig, max_pixels: 
         photo = decode_photo(data, where, max_pixels, min_side)
         prep = prepare(photo.rgb, cfg, photo.scale, photo.shape)
         if enough_resolution(prep.box, photo.scale, cfg):
-            return prep, photo.shape
+            return prep, photo
         # The shorter side that gives this crop decode_side(cfg) pixels, as the first guess meant
         # to; at least one step finer than now, so the loop ends (at full resolution at the latest).
         short = min(photo.shape)
         min_side = max(-(-short * decode_side(cfg) // prep.box.side), short // photo.scale + 1)
         log.debug("%s: crop of %d px at 1/%d is below %d px; decoding finer", where, prep.box.side,
                   photo.scale, cfg.image_size)
+
+
+def decode_prepared(data: bytes, where: str, cfg: PreprocessConfig, max_pixels: int = DEFAULT_MAX_PIXELS,
+                    full_resolution: bool = False) -> tuple[Prepared, tuple[int, int]]:
+    """(`Prepared`, original (H, W)) of an encoded photograph: `decode_photo_prepared` without the pixels."""
+    prep, photo = decode_photo_prepared(data, where, cfg, max_pixels, full_resolution)
+    return prep, photo.shape
 
 
 def read_prepared(path: str | os.PathLike, cfg: PreprocessConfig, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -124,13 +144,14 @@ def decode_record(
         return Decoded(
             np.zeros((size, size, 3), np.uint8),
             np.zeros((size, size), np.uint8) if mask_paths is not None else None,
-            dict(box_y0=0, box_x0=0, box_side=0, orig_h=0, orig_w=0, quality_ok=False),
+            dict(box_y0=0, box_x0=0, box_side=0, orig_h=0, orig_w=0, quality_ok=False,
+                 fov_cy=0.0, fov_cx=0.0, fov_r=0.0),
             e.reason,
             e.detail,
         )
     geometry = dict(
         box_y0=prep.box.y0, box_x0=prep.box.x0, box_side=prep.box.side,
-        orig_h=orig_h, orig_w=orig_w, quality_ok=bool(prep.quality_ok),
+        orig_h=orig_h, orig_w=orig_w, quality_ok=bool(prep.quality_ok), **_field(prep),
     )
     bits = None
     if mask_paths is not None:
@@ -146,7 +167,7 @@ def decode_record(
                 continue
             warped[t] = prepare_mask(m, prep.box, size)
         bits = mask_bits(warped, (size, size))
-    return Decoded(prep.image, bits, geometry)
+    return Decoded(prep.image, bits, geometry, colour=prep.colour)
 
 
 def decode_batch(
@@ -156,15 +177,19 @@ def decode_batch(
     with_masks: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     base_dir: str | None = None,
+    photo_size: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """`map_batches` function: manifest columns -> decoded columns (numpy batch format)."""
+    """`map_batches` function: manifest columns -> decoded columns (numpy batch format).
+
+    photo_size: also return `photo`, the colour crop (before Ben Graham) at that side, for overlays.
+    """
     import cv2
 
     # Parallelism comes from many decode tasks; OpenCV's own thread pool would oversubscribe the cores.
     cv2.setNumThreads(1)
     n = len(batch["image_id"])
-    images, masks, errors, details = [], [], [], []
-    geometry: dict[str, list] = {k: [] for k in GEOMETRY_COLUMNS}
+    images, masks, photos, errors, details = [], [], [], [], []
+    geometry: dict[str, list] = {k: [] for k in GEOMETRY_COLUMNS + FIELD_COLUMNS}
     for i in range(n):
         mask_paths = None
         if with_masks:
@@ -176,18 +201,27 @@ def decode_batch(
         images.append(d.image)
         if with_masks:
             masks.append(d.masks)
+        if photo_size:
+            colour = d.colour if d.colour is not None else d.image
+            interp = cv2.INTER_AREA if colour.shape[0] > photo_size else cv2.INTER_LINEAR
+            photos.append(cv2.resize(colour, (photo_size, photo_size), interpolation=interp)
+                          if colour.shape[0] != photo_size else colour)
         errors.append(d.error_reason)
         details.append(d.error_detail)
-        for k in GEOMETRY_COLUMNS:
+        for k in GEOMETRY_COLUMNS + FIELD_COLUMNS:
             geometry[k].append(d.geometry[k])
     out: dict[str, np.ndarray] = {c: np.asarray(batch[c]) for c in PASSTHROUGH_COLUMNS if c in batch}
     out["image"] = np.stack(images) if images else np.zeros((0, cfg.image_size, cfg.image_size, 3), np.uint8)
     if with_masks:
         out["masks"] = np.stack(masks) if masks else np.zeros((0, cfg.image_size, cfg.image_size), np.uint8)
+    if photo_size:
+        out["photo"] = np.stack(photos) if photos else np.zeros((0, photo_size, photo_size, 3), np.uint8)
     out["error_reason"] = np.asarray(errors, dtype=object)
     out["error_detail"] = np.asarray(details, dtype=object)
     for k in GEOMETRY_COLUMNS:
         out[k] = np.asarray(geometry[k], dtype=bool if k == "quality_ok" else np.int32)
+    for k in FIELD_COLUMNS:
+        out[k] = np.asarray(geometry[k], dtype=np.float32)
     return out
 
 
@@ -223,8 +257,11 @@ def build_dataset(
     batch_size: int = 16,
     num_cpus: float = 1.0,
     rows_per_block: int = 64,
+    photo_size: int | None = None,
 ):
     """Manifest -> `ray.data.Dataset` of decoded, preprocessed rows (see module docstring).
+
+    photo_size: rows also carry `photo`, the colour crop at that side (overlays for reports).
 
     Decoding runs as Ray tasks (`num_cpus` each), streaming: nothing is collected to the driver.
     """
@@ -249,7 +286,7 @@ def build_dataset(
     ds = ray.data.from_pandas(blocks)
     return ds.map_batches(
         decode_batch,
-        fn_kwargs=dict(cfg=cfg, with_masks=with_masks, max_pixels=max_pixels, base_dir=base),
+        fn_kwargs=dict(cfg=cfg, with_masks=with_masks, max_pixels=max_pixels, base_dir=base, photo_size=photo_size),
         batch_size=batch_size,
         batch_format="numpy",
         num_cpus=num_cpus,

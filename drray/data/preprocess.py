@@ -53,6 +53,9 @@ class Prepared:
     """The field of view in source pixels (see `circle_in_box` for prepared pixels)."""
     quality_ok: bool
     """False when no fundus was found: the image is a centre crop and predictions on it are suspect."""
+    colour: np.ndarray | None = None
+    """(S, S, 3) uint8: the same crop before Ben Graham's normalisation (the image itself without it),
+    what overlays are drawn on, since it is the photograph a clinician recognises."""
 
 def centre_box(shape: tuple[int, int], pad: bool = False) -> CropBox:
     """The centred square of an (H, W) image: inside it (`pad=False`) or padding all of it (`pad=True`)."""
@@ -204,6 +207,7 @@ def prepare(img: np.ndarray, cfg: PreprocessConfig, scale: int = 1, shape: tuple
     circle = find_fundus(img, scale, shape)
     box = fundus_box(circle, shape) if cfg.crop else centre_box(shape, pad=True)
     out = crop_resized(img, box, cfg.image_size, scale)
+    colour = out
     if cfg.ben_graham:
         sigma = cfg.ben_graham_sigma_frac * cfg.image_size
         size = cfg.image_size
@@ -220,7 +224,7 @@ def prepare(img: np.ndarray, cfg: PreprocessConfig, scale: int = 1, shape: tuple
                 # Eroded by a pixel: edge pixels that resizing mixed with the black are too dark.
                 valid &= cv2.erode(field, np.ones((3, 3), np.uint8)).astype(bool)
         out = ben_graham(out, sigma, rim_circle, valid=valid)
-    return Prepared(image=np.ascontiguousarray(out), box=box, circle=circle, quality_ok=circle.found)
+    return Prepared(image=np.ascontiguousarray(out), box=box, circle=circle, quality_ok=circle.found, colour=colour)
 
 
 def prepare_mask(mask: np.ndarray, box: CropBox, size: int) -> np.ndarray:

@@ -214,7 +214,7 @@ def explain(
     for k, (todo_methods, rows) in enumerate(groups.items()):
         log.info("explaining %d images with %s", len(rows), ", ".join(todo_methods) or "predictions only")
         ds = build_dataset(_absolute_paths(rows, manifest), prep, with_masks=True, max_pixels=max_pixels,
-                           batch_size=cam.batch_size, num_cpus=decode_cpus)
+                           batch_size=cam.batch_size, num_cpus=decode_cpus, photo_size=cam.overlay_size)
         gpus = {"num_gpus": cam.gpus_per_actor} if cam.gpus_per_actor > 0 else {}
         ds = ds.map_batches(
             Explainer,
