@@ -207,6 +207,7 @@ def score_family(name: str, model, test: Split, baselines: dict[str, np.ndarray]
     from drray.cam.sanity import cascade_blocks
     from drray.cam.target_layers import stride_layers
     from drray.evaluate.localisation import energy_share, pointing_hit, rank_correlation
+    from drray.evaluate.metrics import quadratic_weighted_kappa
 
     rand = randomised_copy(model, len(cascade_blocks(model)), seed=args.seed)
     available = stride_layers(model.backbone, model.card.input_size)
@@ -238,6 +239,11 @@ def score_family(name: str, model, test: Split, baselines: dict[str, np.ndarray]
         preds = np.concatenate(preds)
         labels = test.labels[has]
         correct = preds[has] == labels
+        if stride == strides[0]:
+            print(f"{name}: test QWK {quadratic_weighted_kappa(test.labels, preds):.3f}, accuracy "
+                  f"{(preds == test.labels).mean():.3f}; {int(has.sum())} lesion images, {int(correct.sum())} "
+                  f"graded correctly, {int((labels == 1).sum())} of grade 1", flush=True)
+            print(HEADER, flush=True)
         for m in args.methods:
             s = {k: np.asarray(v, dtype=np.float64) for k, v in stats[m].items()}
             cost_engine = CamEngine(model, method=m, target_stride=engine.target_stride)
@@ -248,14 +254,20 @@ def score_family(name: str, model, test: Split, baselines: dict[str, np.ndarray]
                 "hit": _mean(s["hit"]), "hit_correct": _mean(s["hit"][correct]),
                 "hit_grade1": _mean(s["hit"][labels == 1]), "hit_grade2plus": _mean(s["hit"][labels >= 2]),
                 "lift": _mean(s["energy"]) / _mean(baselines["area"][has]),
-                "lift_median": float(np.nanmedian(s["energy"] / baselines["area"][has])),
+                "lift_median": _median(s["energy"] / baselines["area"][has]),
                 "chance": _mean(baselines["chance"][has]),
                 "random_hit": _mean(s["rhit"]), "random_rho": _mean(s["rho"]),
                 "cost": median_cost(model, cost_engine, x, args.timing_rounds),
                 "test_accuracy": float((preds == test.labels).mean()),
+                "test_qwk": quadratic_weighted_kappa(test.labels, preds),
             })
             print(_row(rows[-1]), flush=True)
     return rows
+
+
+def _median(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    return float(np.median(x)) if x.size else float("nan")
 
 
 def _mean(x: np.ndarray) -> float:
@@ -339,7 +351,6 @@ def main() -> None:
     for i, name in enumerate(args.families):
         epochs = args.epochs if i == 0 or args.other_epochs is None else args.other_epochs
         model = trained_model(name, out, data, prep, args, epochs)
-        print(HEADER)
         rows += score_family(name, model, test, baselines, args)
     (out / "cam_validity.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                        "rows": rows}, indent=1))

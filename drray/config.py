@@ -310,9 +310,19 @@ class ServeConfig:
     """Decoded images above this many pixels are refused (decompression bombs)."""
     methods: list[str] = field(default_factory=lambda: ["gradcam", "gradcam++"])
     """CAM methods a request may ask for; the first is the default."""
+    torch_threads: int | None = None
+    """Torch intra-op threads per Explainer replica; None keeps Ray's setting (the replica's whole CPUs, at least 1)."""
+    autoscaling_config: dict[str, Any] | None = None
+    """Ray Serve autoscaling of the Explainer (min_replicas, max_replicas, target_ongoing_requests, ...);
+    when set it replaces num_replicas."""
 
     def __post_init__(self) -> None:
         self.methods = [self.methods] if isinstance(self.methods, str) else list(self.methods)
+        _check(self.torch_threads is None or (isinstance(self.torch_threads, int) and self.torch_threads >= 1),
+               f"serve.torch_threads must be >= 1 or null, got {self.torch_threads!r}")
+        _check(self.autoscaling_config is None or isinstance(self.autoscaling_config, dict),
+               f"serve.autoscaling_config must be a mapping (min_replicas: 1, max_replicas: 4, ...) or null, "
+               f"got {self.autoscaling_config!r}")
         _check(bool(self.model_dir), "serve.model_dir is empty; name a model dir (runs/demo/model)")
         _check(isinstance(self.port, int) and 0 <= self.port <= 65535, f"serve.port must be 0-65535, got {self.port}")
         _check(self.num_replicas >= 1, f"serve.num_replicas must be >= 1, got {self.num_replicas}")
@@ -320,6 +330,9 @@ class ServeConfig:
         _check(self.max_batch_size >= 1, f"serve.max_batch_size must be >= 1, got {self.max_batch_size}")
         _check(self.batch_wait_timeout_s >= 0, f"serve.batch_wait_timeout_s must be >= 0, got {self.batch_wait_timeout_s}")
         _check(self.max_ongoing_requests >= 1, f"serve.max_ongoing_requests must be >= 1, got {self.max_ongoing_requests}")
+        _check(self.max_batch_size <= self.max_ongoing_requests,
+               f"serve.max_batch_size ({self.max_batch_size}) is above serve.max_ongoing_requests "
+               f"({self.max_ongoing_requests}): a replica could never fill a batch; raise max_ongoing_requests")
         _check(self.max_body_mb > 0, f"serve.max_body_mb must be > 0, got {self.max_body_mb}")
         _check(self.max_image_pixels > 0, f"serve.max_image_pixels must be > 0, got {self.max_image_pixels}")
         _check(len(self.methods) > 0, "serve.methods is empty; name at least one CAM method")

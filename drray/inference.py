@@ -31,6 +31,8 @@ from drray.schema import GRADE_NAMES, REFERABLE_MIN_GRADE, REFERABLE_THRESHOLD
 if TYPE_CHECKING:
     import torch
 
+    from drray.data.images import Photo
+    from drray.data.preprocess import Prepared
     from drray.models.model import DRModel, ModelFiles
 
 log = logging.getLogger(__name__)
@@ -235,23 +237,18 @@ class Predictor:
                           field_of_view=field_of_view)
 
     # ------------------------------------------------------------------------------- one image
-    def explain_image(self, image: "str | os.PathLike | bytes | np.ndarray", *, method: str | None = None,
-                      target: Any = None, ben_graham: bool | None = None, overlay_alpha: float = 0.4,
-                      overlay_size: int | None = None) -> dict[str, Any]:
-        """Read, preprocess, grade, explain and score one photograph; overlays on the colour photograph.
+    # explain_image in three steps, so a server can run the middle one on a batch of photographs:
+    # prepare_photo (decode + preprocess) -> explain (B stacked inputs) -> explanation_of (one row).
+    def prepare_photo(self, image: "str | os.PathLike | bytes | np.ndarray", *,
+                      ben_graham: bool | None = None) -> "PhotoInput":
+        """Read and preprocess one photograph as this model expects; raises `ImageError` for bad images.
 
         image: a file path, encoded bytes (JPEG, PNG, ...), or an (H, W, 3) uint8 RGB array.
-        method: one CAM method (default the predictor's first, else gradcam); target: as `explain`.
         ben_graham: override the model's Ben Graham setting (None keeps what it was trained with).
-        Returns plain values: grade, grade_name, probs, referable_prob, referable, method, target,
-        target_class, cam ((S, S) float32), cam_png, overlay ((s, s, 3) uint8), overlay_png, peak_y,
-        peak_x, cam_entropy, quality_ok, warnings, timings_ms, model_id, target_layer.
         """
-        from drray.cam.methods import get_method
-        from drray.cam.overlay import blend, colorize, encode_png
         from drray.data.dataset import decode_photo_prepared
         from drray.data.images import Photo, read_bytes
-        from drray.data.preprocess import crop_resized, prepare
+        from drray.data.preprocess import prepare
 
         start = time.perf_counter()
         cfg = self.preprocess
@@ -271,28 +268,45 @@ class Predictor:
         else:
             raise TypeError(f"explain_image takes a path, encoded bytes or an (H, W, 3) uint8 array, "
                             f"got {type(image).__name__}")
-        timings: dict[str, float] = {"preprocess_ms": (time.perf_counter() - start) * 1000}
-        name = get_method(method).name if method else (self.methods[0] if self.methods else "gradcam")
-        t = time.perf_counter()
-        out = self.explain(prepared.image[None], methods=[name], target=target)
-        timings["model_ms"] = (time.perf_counter() - t) * 1000
-        cam = out.maps[name][0]
+        return PhotoInput(prepared, photo, (time.perf_counter() - start) * 1000)
+
+    def method_name(self, method: str | None = None) -> str:
+        """The canonical name of `method` (default: the predictor's first method, else gradcam)."""
+        from drray.cam.methods import get_method
+
+        return get_method(method).name if method else (self.methods[0] if self.methods else "gradcam")
+
+    def explanation_of(self, item: "PhotoInput", out: Explanations, index: int, method: str, target: Any = None, *,
+                       overlay_alpha: float = 0.4, overlay_size: int | None = None,
+                       keep_background: bool = False) -> dict[str, Any]:
+        """Row `index` of `explain`'s answer for the photograph `item`: scores, PNGs and warnings as plain values.
+
+        keep_background: also return `background`, the crop of the colour photograph the overlay is
+        drawn on, so a caller can redraw the overlay at another opacity without the model.
+        """
+        from drray.cam.overlay import blend, colorize, encode_png
+        from drray.data.preprocess import crop_resized
+
+        prepared, photo = item.prepared, item.photo
+        cam = out.maps[method][index]
         box = (prepared.box.y0, prepared.box.x0, prepared.box.side)
         scores = self.score_map(cam, None, box, photo.shape)
-        t = time.perf_counter()
         size = int(overlay_size or max(self.cam.overlay_size, min(512, prepared.box.side // photo.scale)))
         # The map covers the crop box exactly: drawn on the colour photograph cut to that box.
-        overlay = blend(crop_resized(photo.rgb, prepared.box, size, photo.scale), cam, size, overlay_alpha)
+        background = crop_resized(photo.rgb, prepared.box, size, photo.scale)
+        overlay = blend(background, cam, size, overlay_alpha)
+        grade, referable_prob = int(out.preds[index]), float(out.referable_prob[index])
+        explained = int(out.targets[index]) if out.targets is not None else -1
         result = {
             "model_id": self.model_id,
-            "grade": int(out.preds[0]),
-            "grade_name": GRADE_NAMES[int(out.preds[0])],
-            "probs": [float(p) for p in out.probs[0]],
-            "referable_prob": float(out.referable_prob[0]),
-            "referable": bool(out.referable_prob[0] >= REFERABLE_THRESHOLD),
-            "method": name,
+            "grade": grade,
+            "grade_name": GRADE_NAMES[grade],
+            "probs": [float(p) for p in out.probs[index]],
+            "referable_prob": referable_prob,
+            "referable": bool(referable_prob >= REFERABLE_THRESHOLD),
+            "method": method,
             "target": (target if target is not None else self.cam.target),
-            "target_class": int(out.targets[0]) if out.targets is not None and out.targets[0] >= 0 else None,
+            "target_class": explained if explained >= 0 else None,
             "target_layer": self.target_layer,
             "cam": cam,
             "cam_png": encode_png(colorize(cam)),
@@ -305,10 +319,47 @@ class Predictor:
             "warnings": [] if prepared.quality_ok else [QUALITY_NO_FUNDUS],
             "image_size": [int(photo.shape[1]), int(photo.shape[0])],
         }
+        if keep_background:
+            result["background"] = background
+        return result
+
+    def explain_image(self, image: "str | os.PathLike | bytes | np.ndarray", *, method: str | None = None,
+                      target: Any = None, ben_graham: bool | None = None, overlay_alpha: float = 0.4,
+                      overlay_size: int | None = None) -> dict[str, Any]:
+        """Read, preprocess, grade, explain and score one photograph; overlays on the colour photograph.
+
+        image: a file path, encoded bytes (JPEG, PNG, ...), or an (H, W, 3) uint8 RGB array.
+        method: one CAM method (default the predictor's first, else gradcam); target: as `explain`.
+        ben_graham: override the model's Ben Graham setting (None keeps what it was trained with).
+        Returns plain values: grade, grade_name, probs, referable_prob, referable, method, target,
+        target_class, cam ((S, S) float32), cam_png, overlay ((s, s, 3) uint8), overlay_png, peak_y,
+        peak_x, cam_entropy, quality_ok, warnings, timings_ms, model_id, target_layer.
+        """
+        start = time.perf_counter()
+        item = self.prepare_photo(image, ben_graham=ben_graham)
+        timings: dict[str, float] = {"preprocess_ms": item.preprocess_ms}
+        name = self.method_name(method)
+        t = time.perf_counter()
+        out = self.explain(item.prepared.image[None], methods=[name], target=target)
+        timings["model_ms"] = (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
+        result = self.explanation_of(item, out, 0, name, target, overlay_alpha=overlay_alpha,
+                                     overlay_size=overlay_size)
         timings["render_ms"] = (time.perf_counter() - t) * 1000
         timings["total_ms"] = (time.perf_counter() - start) * 1000
         result["timings_ms"] = {k: round(v, 2) for k, v in timings.items()}
         return result
+
+
+@dataclass
+class PhotoInput:
+    """One photograph read and preprocessed for a predictor (`Predictor.prepare_photo`)."""
+
+    prepared: "Prepared"
+    """The network input (`.image`, (S, S, 3) uint8) and the crop geometry in original pixels."""
+    photo: "Photo"
+    """The decoded photograph the overlay is drawn on."""
+    preprocess_ms: float
 
 
 def explain_image(image: "str | os.PathLike | bytes | np.ndarray", model_dir: str | os.PathLike,

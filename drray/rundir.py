@@ -9,6 +9,7 @@
       train_metrics.json       `drray train`: best epoch and per-epoch history
       explanations/            `drray explain`: dataset=D/split=S/*.parquet
       explain_errors/          `drray explain`: images that could not be read or explained
+      randomisation.parquet    `drray explain`: the model-randomisation sanity check (maps of re-initialised copies)
       metrics.json, metrics.parquet   `drray evaluate`
       report.html              `drray report`
       logs/                    drray's and Ray's own log lines (the console shows one line per step)
@@ -34,6 +35,7 @@ MODEL = "model"
 TRAIN_METRICS = "train_metrics.json"
 EXPLANATIONS = "explanations"
 EXPLAIN_ERRORS = "explain_errors"
+RANDOMISATION = "randomisation.parquet"
 STAGING = ".staging"
 """Part files of `drray explain` are written here first and moved into place (exactly once)."""
 METRICS_JSON = "metrics.json"
@@ -67,6 +69,7 @@ TABLES: tuple[Table, ...] = (
     Table("trials", TRIALS, False, "one row per Tune trial (drray tune)"),
     Table("explanations", EXPLANATIONS, True, "one row per image and CAM method (drray explain)"),
     Table("explain_errors", EXPLAIN_ERRORS, True, "images drray explain could not read or explain"),
+    Table("randomisation", RANDOMISATION, False, "maps of the model with its top layers re-initialised (sanity check)"),
     Table("metrics", METRICS, False, "metrics per dataset, split, model and CAM method (drray evaluate)"),
 )
 ERRORS_VIEW = "errors"
@@ -122,6 +125,10 @@ class RunDir:
     @property
     def explain_errors(self) -> str:
         return self.path(EXPLAIN_ERRORS)
+
+    @property
+    def randomisation(self) -> str:
+        return self.path(RANDOMISATION)
 
     @property
     def staging(self) -> str:

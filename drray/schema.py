@@ -124,6 +124,24 @@ EXPLAIN_STREAM_SCHEMA = pa.schema(
 """What explain actors emit: explanation rows, and error rows where `reason` is not null (one stream,
 so the sink writes both tables and no image is lost between them)."""
 
+RANDOMISATION_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("dataset", pa.string()),
+        pa.field("split", pa.string()),
+        pa.field("label", pa.int8()),
+        pa.field("model_id", pa.string()),
+        pa.field("cam_method", pa.string()),
+        pa.field("cascade", pa.int8()),  # top blocks re-initialised: 0 is the trained model itself
+        pa.field("reinitialised", pa.string()),  # their module names, top first, comma-separated
+        pa.field("rank_corr", pa.float32()),  # Spearman correlation with the trained model's map
+        pa.field("pointing_hit", pa.bool_()),
+        pa.field("chance_hit", pa.float32()),
+        pa.field("energy_in_lesions", pa.float32()),
+    ]
+)
+"""randomisation.parquet: the model-randomisation check (Adebayo et al. 2018) on a sample of lesion images."""
+
 TRIALS_SCHEMA = pa.schema(
     [
         pa.field("trial_id", pa.string(), nullable=False),
@@ -145,6 +163,32 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("error", pa.string()),
     ]
 )
+
+
+METRICS_SCHEMA = pa.schema(
+    [
+        pa.field("dataset", pa.string()),
+        pa.field("split", pa.string()),
+        pa.field("model_id", pa.string()),
+        pa.field("cam_method", pa.string()),  # null for grading figures: they do not depend on the map
+        pa.field("family", pa.string(), nullable=False),  # grading, localisation, lesion_type, error_bucket, concentration, randomisation, observation
+        pa.field("metric", pa.string(), nullable=False),  # qwk, pointing_hit_rate, energy_lift, cam_entropy, ...
+        pa.field("grade", pa.int8()),  # true grade the figure is restricted to (confusion: the row); null: all
+        pa.field("pred_grade", pa.int8()),  # confusion cells only: the predicted grade
+        pa.field("lesion_type", pa.string()),  # images holding that lesion type (ma, he, ex, se, nv); null: any
+        pa.field("error_bucket", pa.string()),  # exact, off_by_one, gross (|pred - label| 0, 1, >= 2); null: all
+        pa.field("cascade", pa.int8()),  # randomisation: top blocks re-initialised (0: the trained model)
+        pa.field("value", pa.float64()),
+        pa.field("ci_low", pa.float64()),  # 95% interval, by ci_method
+        pa.field("ci_high", pa.float64()),
+        pa.field("ci_method", pa.string()),  # wilson, bootstrap, normal (mean +- 1.96 standard errors)
+        pa.field("n", pa.int64()),  # images the figure is computed on
+        pa.field("baseline", pa.float64()),  # what chance scores on the same images (pointing: mean chance_hit; energy: mean lesion_area)
+        pa.field("baseline_metric", pa.string()),  # the column the baseline is the mean of
+        pa.field("status", pa.string()),  # observation rows: holds, does not hold, inconclusive, too few images
+    ]
+)
+"""metrics.parquet (`drray evaluate`): one figure per row, in long form, per dataset, split, model and CAM method."""
 
 
 def empty_table(schema: pa.Schema) -> pa.Table:

@@ -17,6 +17,7 @@ import math
 import os
 import posixpath
 import uuid
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
@@ -172,3 +173,142 @@ def write_json(location: str | os.PathLike, obj: Any) -> str:
 
 def read_json(location: str | os.PathLike) -> Any:
     return json.loads(read_text(location))
+
+
+# --------------------------------------------------------------------------- paths in object storage
+class RemotePath:
+    """A location in object storage with the part of pathlib's API dataset adapters use.
+
+    `RemotePath("s3://bucket/aptos2019") / "train.csv"`, `.is_file()`, `.iterdir()`, `.open()`,
+    `.stem` ... work as on a local `Path`, so one adapter reads a dataset root on local disk or in a
+    bucket. It deliberately has no `__fspath__`: code that would treat it as a local file fails
+    instead of reading a same-named local path.
+    """
+
+    def __init__(self, uri: str | "RemotePath"):
+        uri = str(uri)
+        if not is_uri(uri):
+            raise ValueError(f"RemotePath takes a URI such as s3://bucket/key, got {uri!r}")
+        scheme, _, rest = uri.partition("://")
+        self.scheme = scheme
+        self.path = posixpath.normpath(rest).lstrip("/") if rest else ""
+        self._type = None  # FileType when a listing already told it: no request per file
+
+    # pure path operations (no I/O)
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.path}"
+
+    def __repr__(self) -> str:
+        return f"RemotePath({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RemotePath) and str(self) == str(other)
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+    def __lt__(self, other: "RemotePath") -> bool:
+        return str(self) < str(other)
+
+    def __truediv__(self, part: str) -> "RemotePath":
+        part = str(part)
+        if is_uri(part):
+            return RemotePath(part)
+        return RemotePath(f"{self.scheme}://{posixpath.join(self.path, part)}")
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path)
+
+    @property
+    def suffix(self) -> str:
+        return posixpath.splitext(self.name)[1]
+
+    @property
+    def stem(self) -> str:
+        return posixpath.splitext(self.name)[0] if self.suffix else self.name
+
+    @property
+    def parent(self) -> "RemotePath":
+        return RemotePath(f"{self.scheme}://{posixpath.dirname(self.path)}")
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return tuple(p for p in self.path.split("/") if p)
+
+    def with_suffix(self, suffix: str) -> "RemotePath":
+        return self.parent / (self.stem + suffix)
+
+    def is_absolute(self) -> bool:
+        return True
+
+    def is_relative_to(self, other: "RemotePath | str") -> bool:
+        base = RemotePath(other)
+        return base.scheme == self.scheme and (self.path == base.path or self.path.startswith(base.path + "/"))
+
+    def relative_to(self, other: "RemotePath | str") -> PurePosixPath:
+        if not self.is_relative_to(other):
+            raise ValueError(f"{self} is not inside {other}")
+        return PurePosixPath(posixpath.relpath(self.path, RemotePath(other).path))
+
+    def as_posix(self) -> str:
+        return str(self)
+
+    # I/O through pyarrow
+    def _info(self):
+        fs, path = filesystem(str(self))
+        return fs, path, fs.get_file_info(path)
+
+    def exists(self) -> bool:
+        return self._type is not None or exists(str(self))
+
+    def is_file(self) -> bool:
+        from pyarrow import fs as pafs
+
+        return self._type == pafs.FileType.File if self._type is not None else is_file(str(self))
+
+    def is_dir(self) -> bool:
+        from pyarrow import fs as pafs
+
+        return self._type == pafs.FileType.Directory if self._type is not None else is_dir(str(self))
+
+    def _listing(self, recursive: bool):
+        from pyarrow import fs as pafs
+
+        fs, path = filesystem(str(self))
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
+        out = []
+        for info in infos:
+            child = RemotePath(f"{self.scheme}://{info.path}")
+            child._type = info.type
+            out.append(child)
+        return sorted(out)
+
+    def iterdir(self):
+        return iter(self._listing(recursive=False))
+
+    def rglob(self, pattern: str = "*"):
+        import fnmatch
+
+        return iter(p for p in self._listing(recursive=True) if fnmatch.fnmatch(p.name, pattern))
+
+    def read_bytes(self) -> bytes:
+        return read_bytes(str(self))
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        return self.read_bytes().decode(encoding)
+
+    def open(self, mode: str = "r", newline: str | None = None, encoding: str = "utf-8"):
+        import io
+
+        if mode not in ("r", "rb"):
+            raise ValueError(f"RemotePath opens for reading only, got mode {mode!r}")
+        data = io.BytesIO(self.read_bytes())
+        return data if mode == "rb" else io.TextIOWrapper(data, encoding=encoding, newline=newline)
+
+
+def as_path(location: str | os.PathLike) -> "RemotePath | os.PathLike":
+    """A `RemotePath` for a URI, a `pathlib.Path` for a local path: what code walking folders takes."""
+    from pathlib import Path
+
+    return RemotePath(str(location)) if is_uri(location) else Path(location)

@@ -59,10 +59,12 @@ def unpack_mask(bits: np.ndarray, types: tuple[str, ...] | str) -> np.ndarray:
 
 
 def resolve_path(path: str, base: str | os.PathLike | None) -> str:
-    """Manifest paths may be absolute or relative to the manifest's folder."""
-    if base is None or os.path.isabs(path):
+    """Manifest paths may be absolute (local or a URI) or relative to the manifest's folder (local or a URI)."""
+    from drray import storage
+
+    if base is None or os.path.isabs(path) or storage.is_uri(path):
         return path
-    return os.path.join(base, path)
+    return storage.join(base, path)
 
 
 @dataclass
@@ -230,12 +232,9 @@ def load_manifest(manifest: str | os.PathLike | pd.DataFrame, split: str | list[
     if isinstance(manifest, pd.DataFrame):
         df = manifest
     else:
-        p = Path(manifest)
-        if not p.is_file():
-            raise FileNotFoundError(f"manifest {str(p)!r} does not exist; write one with `drray ingest`")
         from drray.data.ingest import read_manifest
 
-        df = read_manifest(p)
+        df = read_manifest(manifest)
     if split is not None:
         splits = [split] if isinstance(split, str) else list(split)
         df = df[df["split"].isin(splits)]
@@ -243,7 +242,16 @@ def load_manifest(manifest: str | os.PathLike | pd.DataFrame, split: str | list[
 
 
 def manifest_base_dir(manifest: str | os.PathLike | pd.DataFrame) -> str | None:
-    return None if isinstance(manifest, pd.DataFrame) else str(Path(manifest).resolve().parent)
+    """The folder (local or URI) that relative manifest paths start from; None for a frame."""
+    import posixpath
+
+    from drray import storage
+
+    if isinstance(manifest, pd.DataFrame):
+        return None
+    if storage.is_uri(manifest):
+        return posixpath.dirname(str(manifest))
+    return str(Path(manifest).resolve().parent)
 
 
 def build_dataset(

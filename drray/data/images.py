@@ -187,6 +187,16 @@ def decode_rgb(data: bytes, where: str = "image", max_pixels: int = DEFAULT_MAX_
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of a local file or an object (s3://...), or `ImageError(missing_file)`."""
+    from drray import storage
+
+    if storage.is_uri(path):
+        try:
+            return storage.read_bytes(path)
+        except FileNotFoundError:
+            raise ImageError(Reason.MISSING_FILE, f"{str(path)!r} does not exist") from None
+        except OSError as e:  # a bucket that is not there, credentials refused: the bytes cannot be read
+            raise ImageError(Reason.MISSING_FILE, f"{str(path)!r} cannot be read: {e}") from None
     p = Path(path)
     if not p.is_file():
         raise ImageError(Reason.MISSING_FILE, f"{str(p)!r} does not exist")

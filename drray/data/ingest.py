@@ -31,7 +31,6 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from drray import storage
 from drray.data.sources import Candidate, Problem, get_source
@@ -63,8 +62,8 @@ class Rejected(Exception):
 class IngestResult:
     """What `ingest` wrote, with counts for the summary."""
 
-    manifest_path: Path
-    errors_path: Path
+    manifest_path: str
+    errors_path: str
     n_rows: int
     errors_by_reason: dict[str, int]
     n_by_split: dict[str, int]
@@ -126,15 +125,29 @@ def _inside(path: str, top: str) -> bool:
     return path == top or path.startswith(top.rstrip(os.sep) + os.sep)
 
 
-def resolve_inside(root: Path, raw: str, where: str) -> str:
-    """A path from a source -> absolute normalised path, or `Rejected` if it leaves the root."""
+def _reject_outside(raw: str, where: str, resolved: str, top: str) -> Rejected:
+    return Rejected(raw, Reason.PATH_OUTSIDE_ROOT,
+                    f"{where}: path {raw!r} resolves to {resolved}, outside the dataset root {top}; "
+                    "move the file under the root or fix the path")
+
+
+def resolve_inside(root: "Path | storage.RemotePath", raw: str, where: str) -> str:
+    """A path from a source -> absolute normalised path (or URI), or `Rejected` if it leaves the root.
+
+    In object storage there are no symlinks: `..` is resolved lexically, and a local path (or a
+    URI elsewhere) named by a dataset kept in a bucket is outside it.
+    """
+    if isinstance(root, storage.RemotePath):
+        full = root / raw  # a URI replaces the root; `..` is normalised away
+        if (os.path.isabs(raw) and not storage.is_uri(raw)) or not full.is_relative_to(root):
+            raise _reject_outside(raw, where, str(full) if storage.is_uri(raw) or not os.path.isabs(raw) else raw,
+                                  str(root))
+        return str(full)
     p = Path(raw)
     full = p if p.is_absolute() else root / p
     real, top = os.path.realpath(full), os.path.realpath(root)
     if not _inside(real, top):
-        raise Rejected(raw, Reason.PATH_OUTSIDE_ROOT,
-                       f"{where}: path {raw!r} resolves to {real}, outside the dataset root {top}; "
-                       "move the file under the root or fix the path")
+        raise _reject_outside(raw, where, real, top)
     return os.path.normpath(os.path.abspath(full))
 
 
@@ -204,6 +217,10 @@ def _probe(kept: list[_Record], max_pixels: int, parallel: bool | None,
 
 
 def _manifest_path(path: str, out: str) -> str:
+    """Relative to the run directory where the file lies inside it (the two move as one), else absolute."""
+    if storage.is_uri(path) or storage.is_uri(out):
+        inside = storage.is_uri(path) and storage.is_uri(out) and path.startswith(out.rstrip("/") + "/")
+        return path[len(out.rstrip("/")) + 1:] if inside else path
     return os.path.relpath(path, out) if _inside(path, out) else path
 
 
@@ -238,7 +255,7 @@ def ingest(
     Raises NoUsableImages when no row could be kept (ingest_errors.parquet is written first).
     """
     src = get_source(source)
-    root = Path(root)
+    root = storage.as_path(root)
     if not root.is_dir():
         raise NoUsableImages(f"dataset root {str(root)!r} is not a directory; source {source!r} looks for "
                              f"{src.looked_for}")
@@ -247,10 +264,9 @@ def ingest(
     if source != "csv" and options != _CSV_DEFAULTS:
         log.warning("csv options %s are ignored for source %r",
                     {k: v for k, v in options.items() if v != _CSV_DEFAULTS[k]}, source)
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run = RunDir(out_dir)
-    manifest_path, errors_path = Path(run.manifest), Path(run.ingest_errors)
+    run = RunDir(out if storage.is_uri(out) else os.path.abspath(out))
+    storage.make_dirs(run.root)
+    manifest_path, errors_path = run.manifest, run.ingest_errors
 
     records = list(src.scan(root, **options))
     log.info("%s: %d records found under %s", source, len(records), root)
@@ -275,7 +291,7 @@ def ingest(
         seed=seed,
         fractions=split_fractions,
     )
-    out_abs = os.path.abspath(out_dir)
+    out_abs = run.root
     columns: dict[str, list] = {
         "image_id": [r.candidate.image_id for r in rows],
         "dataset": [source] * len(rows),
@@ -312,19 +328,19 @@ def _compatible(actual: pa.DataType, expected: pa.DataType) -> bool:
 
 
 def _read(path: str | os.PathLike, schema: pa.Schema, what: str) -> pd.DataFrame:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{what} {str(p)!r} does not exist; write one with `drray ingest`")
+    p = str(path)
+    if not storage.is_file(p):
+        raise FileNotFoundError(f"{what} {p!r} does not exist; write one with `drray ingest`")
     try:
-        table = pq.read_table(p)
+        table = storage.read_parquet(p)
     except (pa.ArrowException, OSError) as e:
-        raise ValueError(f"{str(p)!r} is not a drray {what}: it cannot be read as Parquet ({e})") from None
+        raise ValueError(f"{p!r} is not a drray {what}: it cannot be read as Parquet ({e})") from None
     names = set(table.schema.names)
     missing = [f.name for f in schema if f.name not in names]
     wrong = [f"{f.name} is {table.schema.field(f.name).type}, expected {f.type}"
              for f in schema if f.name in names and not _compatible(table.schema.field(f.name).type, f.type)]
     if missing or wrong:
-        raise ValueError(f"{str(p)!r} is not a drray {what}: "
+        raise ValueError(f"{p!r} is not a drray {what}: "
                          + "; ".join(([f"missing column(s) {', '.join(missing)}"] if missing else []) + wrong)
                          + ". Write it with `drray ingest`.")
     # A nullable integer keeps unknown grades as <NA> instead of turning the column into floats.

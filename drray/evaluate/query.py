@@ -38,6 +38,14 @@ def _dataset(location: str, partitioned: bool):
     return pads.dataset(path, filesystem=fs, format="parquet")
 
 
+def open_table(location: str | os.PathLike, partitioned: bool):
+    """A pyarrow dataset of one table (a Parquet file, or a hive-partitioned folder), or None where there is none.
+
+    The same reader `connect` gives DuckDB, for Python code that streams a table itself (drray.evaluate).
+    """
+    return _dataset(str(location), partitioned)
+
+
 def connect(run_dir: str | os.PathLike):
     """An in-memory DuckDB connection with one view per table found in `run_dir`."""
     import duckdb
