@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: all demo test venv clean bench
+.PHONY: all demo test venv system clean bench
 
 all: test
 
@@ -21,10 +21,18 @@ $(STAMP): pyproject.toml | $(PY)
 
 venv: $(STAMP)
 
+# Debian's Chromium (and its driver) for the browser tests of the report and the Gradio page; never a
+# browser download. Installed when missing and this user may (root); otherwise those tests skip and say so.
+system:
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's chromium and chromium-driver for the browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	fi
+
 demo: $(STAMP)
 	$(VENV)/bin/drray demo
 
-test: $(STAMP)
+test: $(STAMP) system
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

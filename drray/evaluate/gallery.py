@@ -102,7 +102,7 @@ def caption(row: pd.Series) -> dict[str, Any]:
     """What a card says under its images: grades, probabilities, whether the peak hit a lesion."""
     hit = row.get("pointing_hit")
     if hit is None or pd.isna(hit):
-        peak = "no lesion masks"
+        peak = "no lesions marked"
     else:
         peak = "peak on a lesion" if bool(hit) else "peak missed the lesions"
     area, energy = row.get("lesion_area"), row.get("energy_in_lesions")

@@ -32,7 +32,7 @@ PEAK_COLOUR = (0, 255, 255)
 class FundusViews:
     photo_jpeg: bytes
     """The colour crop the overlay is drawn on."""
-    lesions_png: bytes | None
+    lesions_jpeg: bytes | None
     """The same crop with lesion outlines and the map's peak; None without masks."""
     lesion_types: tuple[str, ...]
     """The mask types outlined (lesions and the optic disc)."""
@@ -111,12 +111,12 @@ def fundus_views(record: dict[str, Any], base: str, cfg: PreprocessConfig,
         colour = d.colour if d.colour is not None else d.image
         g = d.geometry
         box, shape, masks = CropBox(g["box_y0"], g["box_x0"], g["box_side"]), (g["orig_h"], g["orig_w"]), d.masks
-    lesions_png, types = None, ()
+    lesions_jpeg, types = None, ()
     if masks is not None:
         py, px = peak
         at = None
         if py is not None and px is not None and np.isfinite(py) and np.isfinite(px) and box.side > 0:
             at = image_to_box_coords(float(py), float(px), box, colour.shape[0], shape)
         drawn, types = outline(colour, masks, at)
-        lesions_png = _encode(drawn, ".png")
-    return FundusViews(_encode(colour, ".jpg"), lesions_png, types)
+        lesions_jpeg = _encode(drawn, ".jpg")
+    return FundusViews(_encode(colour, ".jpg"), lesions_jpeg, types)

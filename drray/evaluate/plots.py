@@ -53,11 +53,15 @@ def calibration_png(rel: dict[str, np.ndarray], ece: float | None) -> bytes:
     centres = (edges[:-1] + edges[1:]) / 2
     ok = rel["count"] > 0
     width = edges[1] - edges[0]
-    ax.bar(centres[ok], rel["accuracy"][ok], width=width * 0.9, color="C0", alpha=0.75, label="accuracy")
-    ax.plot(rel["confidence"][ok], rel["accuracy"][ok], "o", c="C1", ms=4, label="mean confidence")
+    # Bars: how often the top grade was right; markers: how sure the model was. The gap is the miscalibration.
+    ax.bar(centres[ok], rel["accuracy"][ok], width=width * 0.9, color="C0", alpha=0.75, label="share correct")
+    ax.plot(centres[ok], rel["confidence"][ok], "_", c="C3", ms=12, mew=2, label="mean top probability")
     ax.plot([0, 1], [0, 1], ls="--", c="0.5", lw=1, label="perfect calibration")
+    for x, n in zip(centres[ok], rel["count"][ok]):
+        ax.text(x, 0.01, str(int(n)), ha="center", va="bottom", fontsize=6, color="white")
     title = "Calibration" + (f" (ECE {ece:.3f})" if ece is not None else "")
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="top-grade probability", ylabel="share correct", title=title)
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="top-grade probability (argmax of probs)", ylabel="share correct",
+           title=title)
     ax.legend(loc="upper left", fontsize=8)
     return _png(fig)
 

@@ -41,24 +41,8 @@ class HandleClient:
         return await self.handle.ping.remote()
 
 
-class LocalClient:
-    """The Explainer as the API and the page call it: an `ExplainerCore` in this process (tests, benchmarks)."""
-
-    def __init__(self, core: ExplainerCore):
-        self.core = core
-
-    async def explain(self, data: bytes, **options: Any) -> dict[str, Any] | Refusal:
-        return await self.core.explain(data, **options)
-
-    async def describe(self) -> dict[str, Any]:
-        return self.core.describe()
-
-    async def ping(self) -> str:
-        return self.core.ping()
-
-
 def build_asgi_app(client: Any, args: Any):
-    """The FastAPI app of the ingress: REST API, body-size limit and the Gradio page at /ui."""
+    """The FastAPI app of the ingress over an Explainer client: REST API, body-size limit, the page at /ui."""
     from drray.serve.api import make_api
     from drray.serve.ui import mount_ui
 

@@ -7,8 +7,8 @@ grouped by method and target), and each answer is scored and drawn in a thread a
 (`Predictor.explanation_of`). `max_batch_size` and `batch_wait_timeout_s` are runtime knobs:
 serve_config.yaml's `user_config` changes them without restarting replicas (`reconfigure`).
 
-`ExplainerCore` is the plain class; `drray.serve.deployments` makes it a deployment, and tests
-and benchmarks may call it in-process.
+`ExplainerCore` is the plain class; `drray.serve.deployments` makes it the Explainer deployment
+(`@serve.batch` needs a Serve replica: one ExplainerCore per process).
 """
 
 from __future__ import annotations

@@ -18,18 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from drray.data.sources import register
-from drray.data.sources.base import (
-    Candidate,
-    Problem,
-    check_image_name,
-    index_images,
-    locate,
-    location,
-    read_rows,
-    relative,
-    require_columns,
-)
-from drray.schema import Reason
+from drray.data.sources.base import Candidate, Problem, relative, rows_naming_images
 
 _PARTS = (
     # csv name, image folder, official split, has labels
@@ -47,25 +36,16 @@ def scan(root: Path, **_options) -> Iterator[Candidate | Problem]:
         table = root / csv_name
         if not table.is_file():
             continue
-        header, rows = read_rows(table)
-        require_columns(table, header, ["id_code", "diagnosis"] if labelled else ["id_code"])
-        images = index_images(root / folder)
-        for line, row in rows:
-            where = location(table, line)
-            image_id = row["id_code"]
-            if not image_id:
-                yield Problem(where, "ingest", Reason.MISSING_FILE, f"{where}: empty id_code, no image to look for")
+        required = ["id_code", "diagnosis"] if labelled else ["id_code"]
+        for rec in rows_naming_images(root, table, folder, "id_code", required, ".png"):
+            if isinstance(rec, Problem):
+                yield rec
                 continue
-            bad = check_image_name(image_id, where, "id_code", root / folder)
-            if bad is not None:
-                yield bad
-                continue
-            path = locate(images, image_id, root / folder / f"{image_id}.png")
             yield Candidate(
-                image_id=image_id,
-                path=relative(root, path),
-                label=row["diagnosis"] if labelled else None,
-                where=where,
+                image_id=rec.name,
+                path=relative(root, rec.path),
+                label=rec.row["diagnosis"] if labelled else None,
+                where=rec.where,
                 split=split,
                 label_required=labelled,
             )

@@ -12,6 +12,7 @@ import csv
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
+from typing import Iterator
 
 from drray.schema import EYES, Reason
 
@@ -166,6 +167,54 @@ def normalise_eye(text: str | None) -> str | None:
     if t in ("r", "od"):
         return "right"
     return t if t in EYES else None
+
+
+@dataclass(frozen=True)
+class NamedRow:
+    """A label-file row that names an image by file name or stem, with where that image is."""
+
+    row: dict[str, str]
+    where: str
+    name: str
+    path: Path
+
+
+def rows_naming_images(root: Path, table: Path, folder: str, name_column: str, required: list[str],
+                       suffix: str) -> Iterator["NamedRow | Problem"]:
+    """The rows of `table` whose `name_column` names an image in `root/folder` (APTOS, EyePACS layouts).
+
+    An empty name, or one with path parts (which would read a file of another folder or split),
+    is a Problem; a name not on disk keeps the path `folder/name + suffix`, so the missing file is
+    reported where it was expected.
+    """
+    header, rows = read_rows(table)
+    require_columns(table, header, required)
+    images = index_images(root / folder)
+    for line, row in rows:
+        where = location(table, line)
+        name = row[name_column]
+        if not name:
+            yield Problem(where, "ingest", Reason.MISSING_FILE, f"{where}: empty {name_column}, no image to look for")
+            continue
+        bad = check_image_name(name, where, name_column, root / folder)
+        if bad is not None:
+            yield bad
+            continue
+        yield NamedRow(row, where, name, locate(images, name, root / folder / f"{name}{suffix}"))
+
+
+def segmentation_candidate(root: Path, image_id: str, path: Path, split: str | None,
+                           masks: dict[str, Path | None]) -> Candidate:
+    """An image of a lesion-segmentation set: no grade published (label null, not required), its masks by column."""
+    return Candidate(
+        image_id=image_id,
+        path=relative(root, path),
+        label=None,
+        where=str(path),
+        split=split,
+        label_required=False,
+        masks={col: relative(root, p) for col, p in masks.items() if p is not None},
+    )
 
 
 def merge_segmentation(graded: list[Candidate], segmented: list[Candidate]) -> list[Candidate]:

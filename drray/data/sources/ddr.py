@@ -27,6 +27,7 @@ from drray.data.sources.base import (
     index_images,
     location,
     merge_segmentation,
+    segmentation_candidate,
     relative,
 )
 
@@ -71,15 +72,7 @@ def _segmented(root: Path) -> Iterator[Candidate]:
         masks = {col: index_images(base / folder / "label" / code) for code, col in LESIONS}
         for image_id, path in index_images(base / folder / "image").items():
             found = {col: masks[col].get(image_id) for _code, col in LESIONS}
-            yield Candidate(
-                image_id=image_id,
-                path=relative(root, path),
-                label=None,
-                where=str(path),
-                split=split,
-                label_required=False,
-                masks={col: relative(root, p) for col, p in found.items() if p is not None},
-            )
+            yield segmentation_candidate(root, image_id, path, split, found)
 
 
 @register(

@@ -19,18 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from drray.data.sources import register
-from drray.data.sources.base import (
-    Candidate,
-    Problem,
-    check_image_name,
-    index_images,
-    locate,
-    location,
-    read_rows,
-    relative,
-    require_columns,
-)
-from drray.schema import Reason
+from drray.data.sources.base import Candidate, Problem, relative, rows_naming_images
 
 log = logging.getLogger(__name__)
 
@@ -56,26 +45,16 @@ def scan(root: Path, **_options) -> Iterator[Candidate | Problem]:
         table = root / csv_name
         if not table.is_file():
             continue
-        header, rows = read_rows(table)
-        require_columns(table, header, ["image", "level"])
-        images = index_images(root / folder)
-        for line, row in rows:
-            where = location(table, line)
-            name = row["image"]
-            if not name:
-                yield Problem(where, "ingest", Reason.MISSING_FILE, f"{where}: empty image name, no image to look for")
+        for rec in rows_naming_images(root, table, folder, "image", ["image", "level"], ".jpeg"):
+            if isinstance(rec, Problem):
+                yield rec
                 continue
-            bad = check_image_name(name, where, "image", root / folder)
-            if bad is not None:
-                yield bad
-                continue
-            patient, eye = parse_name(name)
-            path = locate(images, name, root / folder / f"{name}.jpeg")
+            patient, eye = parse_name(rec.name)
             yield Candidate(
-                image_id=name,
-                path=relative(root, path),
-                label=row["level"],
-                where=where,
+                image_id=rec.name,
+                path=relative(root, rec.path),
+                label=rec.row["level"],
+                where=rec.where,
                 patient_id=patient,
                 eye=eye,
                 split=split,

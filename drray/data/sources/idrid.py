@@ -37,6 +37,7 @@ from drray.data.sources.base import (
     locate,
     location,
     merge_segmentation,
+    segmentation_candidate,
     read_rows,
     relative,
     require_columns,
@@ -93,15 +94,7 @@ def _segmented(root: Path) -> Iterator[Candidate]:
                  for folder, _code, col in LESION_FOLDERS}
         for image_id, path in index_images(base / "1. Original Images" / set_dir).items():
             found = {col: masks[col].get(f"{image_id}_{code}") for _folder, code, col in LESION_FOLDERS}
-            yield Candidate(
-                image_id=f"{split}/{image_id}",
-                path=relative(root, path),
-                label=None,
-                where=str(path),
-                split=split,
-                label_required=False,
-                masks={col: relative(root, p) for col, p in found.items() if p is not None},
-            )
+            yield segmentation_candidate(root, f"{split}/{image_id}", path, split, found)
 
 
 @register(
