@@ -71,7 +71,7 @@ def make_inputs(work: Path, args) -> tuple[Path, Path, Path]:
 
 # ------------------------------------------------------------------------------------ memory
 class PeakRSS:
-    """Peak resident memory of this process and of the Ray worker processes (`ray::...`) on this machine."""
+    """Peak resident memory of this process and of its Ray instance's worker processes (`ray::...`)."""
 
     def __init__(self, interval_s: float = 0.1):
         import psutil  # vendored by Ray (ray/thirdparty_files), importable once ray is imported
@@ -87,12 +87,17 @@ class PeakRSS:
 
     def _sample(self) -> None:
         psutil = self.psutil
-        self.driver = max(self.driver, psutil.Process().memory_info().rss)
+        me = psutil.Process()
+        self.driver = max(self.driver, me.memory_info().rss)
         total = count = 0
-        for p in psutil.process_iter(["name", "memory_info"]):
-            name = p.info.get("name") or ""
-            mem = p.info.get("memory_info")
-            if name.startswith("ray::") and mem is not None:
+        # Only this Ray instance's workers: the local instance is started by this process, so its
+        # workers are among its descendants (other Ray instances on the machine are not).
+        for p in me.children(recursive=True):
+            try:
+                name, mem = p.name(), p.memory_info()
+            except psutil.Error:  # a worker that exited between listing and reading
+                continue
+            if name.startswith("ray::"):
                 total += mem.rss
                 count += 1
                 self.worker_max = max(self.worker_max, mem.rss)
@@ -146,7 +151,8 @@ def plain_loop(manifest: Path, model_dir: Path, out: Path, args) -> float:
     df = load_manifest(manifest)
     base = manifest_base_dir(manifest)
     prep = ModelCard.read(model_dir / CARD_FILE).preprocess_config()
-    explainer = Explainer(str(model_dir), args.methods, CamConfig(batch_size=args.batch_size))
+    explainer = Explainer(str(model_dir), args.methods,
+                          CamConfig(batch_size=args.batch_size, gpus_per_actor=args.gpus_per_actor))
     for k, lo in enumerate(range(0, len(df), args.batch_size)):
         batch = manifest_batch(df.iloc[lo:lo + args.batch_size])
         decoded = decode_batch(batch, cfg=prep, with_masks=True, base_dir=base)
@@ -159,7 +165,7 @@ def pipeline(manifest: Path, model_dir: Path, out: Path, methods: list[str], arg
     from drray.explain.pipeline import explain
 
     cam = CamConfig(batch_size=args.batch_size, num_actors=args.actors, cpus_per_actor=args.actor_cpus,
-                    torch_threads=args.torch_threads)
+                    torch_threads=args.torch_threads, gpus_per_actor=args.gpus_per_actor)
     start = time.perf_counter()
     result = explain(manifest, model_dir, out, methods=methods, cam=cam, decode_cpus=args.decode_cpus)
     return time.perf_counter() - start, result.rows_written
@@ -179,6 +185,7 @@ def main() -> None:
     p.add_argument("--actor-cpus", type=float, default=1.0)
     p.add_argument("--decode-cpus", type=float, default=0.5)
     p.add_argument("--torch-threads", type=int, default=None, help="torch threads per actor (default: Ray's)")
+    p.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per explain actor (0: CPU)")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of loop, explain, predict-only")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     p.add_argument("--keep", action="store_true", help="keep the work directory")

@@ -150,6 +150,28 @@ def cmd_explain(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- evaluate / report
+def cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
+    from drray.evaluate.evaluate import evaluate_run, headline
+    from drray.rundir import RunDir
+
+    out = args.out or args.run
+    metrics = evaluate_run(args.run, out)
+    console.print(headline(metrics))
+    for line in metrics.get("observations", []):
+        console.print(f"  {line}")
+    console.print(f"wrote {RunDir(out).metrics_json} and {RunDir(out).metrics}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    from drray.evaluate.report import report
+
+    path = report(args.run, args.out)
+    console.print(f"wrote {path}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------- query
 def cmd_query(args: argparse.Namespace, console: Console) -> int:
     import duckdb
@@ -227,6 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_explain, run_dir="manifest_or_out")
 
+    p = sub.add_parser("evaluate", help="metrics.json + metrics.parquet from a run's explanations; the observations")
+    p.add_argument("--run", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--out", default=None, help="where metrics go (default: the run directory)")
+    _add_common(p)
+    p.set_defaults(func=cmd_evaluate, run_dir="out_or_run")
+
+    p = sub.add_parser("report", help="one self-contained HTML report of a run: metrics, observations, galleries")
+    p.add_argument("--run", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--out", default=None, help="where report.html goes (default: the run directory)")
+    _add_common(p)
+    p.set_defaults(func=cmd_report, run_dir="out_or_run")
+
     p = sub.add_parser("query", help="SQL (DuckDB) over a run directory's tables")
     p.add_argument("sql", help="e.g. \"select reason, count(*) from errors group by all\"")
     p.add_argument("--run", default="runs/demo", help="run directory (default runs/demo)")
@@ -250,6 +284,11 @@ def _run_dir(args: argparse.Namespace) -> str | None:
     where = getattr(args, "run_dir", None)
     if where == "out":
         return args.out
+    if where == "out_or_run":
+        from drray import storage
+
+        target = args.out or args.run
+        return target if storage.is_dir(args.run) else None  # a missing run is reported by the command
     if where == "manifest_or_out":
         if args.out:
             return args.out

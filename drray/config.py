@@ -255,6 +255,9 @@ class CamConfig:
     actor_resources: dict[str, float] = field(default_factory=dict)
     """Custom Ray resources each explain actor needs, e.g. {"explainer": 1} to run them on nodes started
     with `ray start --resources='{"explainer": 1}'` only."""
+    sanity_images: int = 64
+    """Images of the model-randomisation check `drray explain` runs after the maps (Adebayo et al. 2018:
+    the same images explained with the top blocks re-initialised, into randomisation.parquet); 0 turns it off."""
     target_layer: str | None = None
     """Dotted module name of the CAM target layer (e.g. `backbone.layer2`); None: by stride or the model card."""
     target_stride: int | None = None
@@ -268,6 +271,7 @@ class CamConfig:
         _check(self.target_layer is None or self.target_stride is None,
                f"cam.target_layer ({self.target_layer!r}) and cam.target_stride ({self.target_stride}) are both set; "
                "set one: a layer name, or a stride to pick the layer by")
+        _check(self.sanity_images >= 0, f"cam.sanity_images must be >= 0 (0: no randomisation check), got {self.sanity_images}")
         if isinstance(self.methods, str):
             self.methods = [m.strip() for m in self.methods.split(",") if m.strip()]
         self.methods = list(self.methods)

@@ -10,14 +10,15 @@ from drray.config import Config
 from drray.console import Console
 from drray.rundir import RunDir
 
-STEPS = ("synth", "ingest", "tune", "explain", "evaluate")
+STEPS = ("synth", "ingest", "tune", "explain", "evaluate", "report")
 
 
 def run_demo(cfg: Config, out: str | os.PathLike, console: Console | None = None) -> RunDir:
-    """synth -> ingest -> tune -> explain -> evaluate, all into `out` (default runs/demo/)."""
+    """synth -> ingest -> tune -> explain -> evaluate -> report, all into `out` (default runs/demo/)."""
     from drray.data.ingest import ingest
     from drray.data.synth import generate
-    from drray.evaluate.evaluate import evaluate_model
+    from drray.evaluate.evaluate import evaluate_run, headline
+    from drray.evaluate.report import report
     from drray.explain.pipeline import explain
     from drray.training.tune import tune
 
@@ -53,16 +54,21 @@ def run_demo(cfg: Config, out: str | os.PathLike, console: Console | None = None
     step.done(f"{explained.rows_written} rows for {explained.images} images, {errors} errors "
               f"({explained.images / max(explained.seconds, 1e-9):.1f} images/s)", run.explanations)
 
-    step = console.step(5, n, "evaluate", "the best model on the test split")
-    metrics = evaluate_model(run.model, run.manifest, split="test", max_pixels=cfg.data.max_image_pixels,
-                             num_cpus=cfg.data.decode_cpus)
-    storage.write_json(run.metrics_json, metrics)
-    step.done(f"QWK {metrics['qwk']:.3f} (95% CI {metrics['qwk_ci_low']:.3f}-{metrics['qwk_ci_high']:.3f}) on "
-              f"{metrics['n']} images; referable AUC {_fmt(metrics.get('referable_auc'))}", run.metrics_json)
+    step = console.step(5, n, "evaluate", "grading and localisation on the test split, the three observations")
+    metrics = evaluate_run(run.root)
+    step.done(headline(metrics), run.metrics_json)
+    for line in metrics.get("observations", []):
+        console.print(f"{' ' * 16}{line}")
+
+    step = console.step(6, n, "report", "metrics, observations and galleries in one HTML file")
+    path = report(run.root, metrics=metrics)
+    step.done("done", path)
 
     total = time.perf_counter() - begin
-    storage.write_json(run.summary, {"seconds": round(total, 1), "test_qwk": metrics["qwk"],
-                                     "test_images": metrics["n"], "model_id": explained.model_id})
+    storage.write_json(run.summary, {"seconds": round(total, 1), "test_qwk": metrics.get("qwk"),
+                                     "test_images": metrics.get("n"), "model_id": explained.model_id,
+                                     "pointing_hit_rate": metrics.get("pointing_hit_rate"),
+                                     "observations": metrics.get("observations", [])})
     console.print(f"demo finished in {total / 60:.1f} min; run directory {run.root}")
     console.print(f"query it: drray query \"select cam_method, avg(pointing_hit::int) as hit from explanations "
                   f"where label >= 1 group by 1\" --run {run.root}")

@@ -1,6 +1,10 @@
-"""Evaluating a model dir on a split: the Predictor over Ray Data, with ingest's pixel limit."""
+"""Evaluation: a model dir graded on a split (Predictor over Ray Data), and a run's tables -> metrics.json/.parquet,
+every figure recomputed with DuckDB and scikit-learn from the same tables."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -173,3 +177,233 @@ def write_run(run: Path, n: int = 150, seed: int = 0, **kw) -> Path:
     write_explanations(run, expl)
     write_side_tables(run, expl)
     return run
+
+
+# ------------------------------------------------------------ evaluate_run: every figure recomputed
+def _wilson(k: int, n: int) -> tuple[float, float]:
+    from scipy.stats import norm
+
+    z = norm.ppf(0.975)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+    from drray.evaluate.evaluate import evaluate_run
+
+    run = write_run(tmp_path_factory.mktemp("evaluate_run") / "run", n=160, seed=3)
+    return run, evaluate_run(run, n_boot=200)
+
+
+def _con(run):
+    from drray.evaluate.query import connect
+
+    return connect(run)
+
+
+def test_grading_figures_agree_with_duckdb_and_sklearn(synthetic_run):
+    from sklearn import metrics as skm
+
+    run, m = synthetic_run
+    stored = json.loads((run / "metrics.json").read_text())
+    assert stored["qwk"] == m["qwk"] and stored["observations"] == m["observations"]
+    g = stored["groups"][0]["grading"]
+    con = _con(run)
+    # One row per image: its first method's row by name (the table has no predict-only rows here).
+    df = con.execute("""select distinct on (image_id) image_id, label, pred, referable_prob, probs
+                        from explanations where label is not null order by image_id, cam_method nulls first""").df()
+    y, p = df["label"].to_numpy(int), df["pred"].to_numpy(int)
+    assert g["n"] == stored["n"] == len(df) == con.execute(
+        "select count(distinct image_id) from explanations where label is not null").fetchone()[0]
+    assert g["n_unlabelled"] == 3
+    assert g["qwk"] == pytest.approx(skm.cohen_kappa_score(y, p, weights="quadratic", labels=range(5)), abs=1e-12)
+    assert g["qwk_ci_low"] < g["qwk"] < g["qwk_ci_high"]
+    assert g["accuracy"] == pytest.approx(skm.accuracy_score(y, p), abs=1e-15)
+    assert (g["accuracy_ci_low"], g["accuracy_ci_high"]) == pytest.approx(_wilson(int((y == p).sum()), len(y)), abs=1e-12)
+    assert g["macro_f1"] == pytest.approx(skm.f1_score(y, p, average="macro"), abs=1e-12)
+    assert g["confusion_matrix"] == skm.confusion_matrix(y, p, labels=range(5)).tolist()
+    ref = df["referable_prob"].to_numpy(float)
+    assert g["referable_auc"] == pytest.approx(skm.roc_auc_score(y >= 2, ref), abs=1e-12)
+    assert g["referable_auc_ci_low"] < g["referable_auc"] < g["referable_auc_ci_high"]
+    sens, n_pos, spec, n_neg = con.execute("""
+        select avg((referable_prob >= 0.5)::int) filter (where label >= 2), count(*) filter (where label >= 2),
+               avg((referable_prob < 0.5)::int) filter (where label < 2), count(*) filter (where label < 2)
+        from (select distinct on (image_id) * from explanations where label is not null
+              order by image_id, cam_method nulls first)""").fetchone()
+    assert (g["sensitivity"], g["n_referable"], g["specificity"], g["n_non_referable"]) == pytest.approx(
+        (sens, n_pos, spec, n_neg), abs=1e-12)
+    assert (g["sensitivity_ci_low"], g["sensitivity_ci_high"]) == pytest.approx(
+        _wilson(round(sens * n_pos), n_pos), abs=1e-12)
+    probs = np.stack(df["probs"].to_numpy()).astype(np.float64)
+    conf, correct = probs.max(1), (probs.argmax(1) == y)
+    bins = np.clip(np.ceil(conf * 15).astype(int) - 1, 0, 14)
+    ece = sum(abs(correct[bins == b].sum() - conf[bins == b].sum()) for b in range(15)) / len(y)
+    assert g["ece"] == pytest.approx(ece, abs=1e-12)
+
+
+def test_grading_prefers_predict_only_rows_and_counts_each_image_once(tmp_path):
+    from drray.evaluate.evaluate import evaluate_run
+
+    run = tmp_path / "run"
+    write_explanations(run, synthetic_explanations(40, seed=1, predict_only=True))
+    m = evaluate_run(run, n_boot=20)
+    assert m["groups"][0]["grading_rows"] == "predict-only" and m["n"] == 37
+    assert set(m["groups"][0]["methods"]) == {"gradcam", "gradcam++"}  # the null-method rows make no method
+
+
+def test_explanation_figures_agree_with_duckdb(synthetic_run):
+    run, m = synthetic_run
+    con = _con(run)
+    for method, e in m["groups"][0]["methods"].items():
+        loc = e["localisation"]
+        by_grade = con.execute("""
+            select label, count(*), sum(pointing_hit::int), avg(pointing_hit::int), avg(chance_hit),
+                   avg(energy_in_lesions), avg(lesion_area), avg(energy_in_lesions) / avg(lesion_area)
+            from explanations where cam_method = ? and pointing_hit is not null and label is not null
+            group by label order by label""", [method]).fetchall()
+        assert [r[0] for r in by_grade] == [1, 2, 3, 4] and loc["by_grade"]["0"]["n"] == 0
+        for grade, n, hits, rate, chance, energy, area, lift in by_grade:
+            s = loc["by_grade"][str(grade)]
+            assert (s["n"], s["hits"]) == (n, hits)
+            assert (s["hit_rate"], s["chance_hit"], s["energy_in_lesions"], s["lesion_area"], s["energy_lift"]) == \
+                pytest.approx((rate, chance, energy, area, lift), rel=1e-12)
+            assert (s["hit_rate_ci_low"], s["hit_rate_ci_high"]) == pytest.approx(_wilson(hits, n), abs=1e-12)
+        n, rate, sd = con.execute("""select count(*), avg(energy_in_lesions), stddev_samp(energy_in_lesions)
+                                     from explanations where cam_method = ? and pointing_hit is not null""",
+                                  [method]).fetchone()
+        s = loc["all"]
+        assert s["energy_in_lesions"] == pytest.approx(rate, rel=1e-12)
+        assert s["energy_in_lesions_ci_high"] == pytest.approx(rate + 1.959963984540054 * sd / np.sqrt(n), rel=1e-9)
+        for t in LESION_TYPES:
+            n, energy, rate = con.execute(f"""select count(*), avg(energy_{t}), avg(pointing_hit::int) from explanations
+                                              where cam_method = ? and energy_{t} is not null""", [method]).fetchone()
+            s = loc["by_lesion"][t]
+            assert s["images"] == n and s["energy"] == pytest.approx(energy, rel=1e-12)
+            assert s["hit_rate"] == pytest.approx(rate, rel=1e-12)
+        od, = con.execute("select avg(od_energy) from explanations where cam_method = ?", [method]).fetchone()
+        assert e["optic_disc"]["od_energy"] == pytest.approx(od, rel=1e-12)
+        # Error buckets, and entropy per grade.
+        buckets = con.execute("""
+            select case abs(pred - label) when 0 then 'exact' when 1 then 'off_by_one' else 'gross' end as b,
+                   count(*), count(pointing_hit), avg(pointing_hit::int), avg(chance_hit)
+                   filter (where pointing_hit is not null)
+            from explanations where cam_method = ? and label is not null group by b""", [method]).fetchall()
+        for b, images, n, rate, chance in buckets:
+            s = e["observations"]["buckets"][b]
+            assert (s["images"], s["n"]) == (images, n)
+            assert (s["hit_rate"], s["chance_hit"]) == pytest.approx((rate, chance), rel=1e-12)
+        for grade, ent in con.execute("""select label, avg(cam_entropy) from explanations
+                                         where cam_method = ? and label is not null group by label""", [method]).fetchall():
+            assert e["concentration"]["by_grade"][str(grade)]["cam_entropy"] == pytest.approx(ent, rel=1e-12)
+
+
+def test_peak_share_is_max_over_sum_of_the_stored_map(synthetic_run):
+    from drray.evaluate.map_scores import decode_map
+
+    run, m = synthetic_run
+    df = _con(run).execute("select label, cam, cam_h, cam_w from explanations "
+                           "where cam_method = 'gradcam' and label = 2").df()
+    shares = [float(mp.max() / mp.sum()) for mp in (decode_map(c, h, w) for c, h, w in
+                                                    zip(df["cam"], df["cam_h"], df["cam_w"]))]
+    got = m["groups"][0]["methods"]["gradcam"]["concentration"]["by_grade"]["2"]["peak_share"]
+    assert got == pytest.approx(np.mean(shares), rel=1e-6)
+
+
+def test_randomisation_figures_come_from_randomisation_parquet(synthetic_run):
+    run, m = synthetic_run
+    r = m["groups"][0]["methods"]["gradcam"]["randomisation"]
+    assert m["groups"][0]["methods"]["gradcam++"]["randomisation"] is None  # the check ran on gradcam only
+    rows = _con(run).execute("""select cascade, avg(pointing_hit::int), avg(rank_corr), count(*) from randomisation
+                                group by cascade order by cascade""").fetchall()
+    assert [s["cascade"] for s in r["cascades"]] == [c for c, *_ in rows]
+    for s, (c, rate, corr, n) in zip(r["cascades"], rows):
+        assert (s["hit_rate"], s["rank_corr"], s["n"]) == pytest.approx((rate, corr, n), rel=1e-12)
+    assert r["random_weights"]["cascade"] == 3 and r["trained"]["rank_corr"] == 1.0
+
+
+def test_metrics_parquet_holds_the_json_figures_and_is_the_metrics_view(synthetic_run):
+    import drray
+    from drray.schema import METRICS_SCHEMA
+
+    run, m = synthetic_run
+    assert pq.read_schema(run / "metrics.parquet").remove_metadata().equals(METRICS_SCHEMA)
+    got = drray.query("select value, ci_low, ci_high, n from metrics where family = 'grading' and metric = 'qwk'", run=run)
+    assert got.iloc[0].tolist() == pytest.approx([m["qwk"], m["qwk_ci_low"], m["qwk_ci_high"], m["n"]])
+    # The off-by-one hit rate in metrics.parquet, against the explanations table in one SQL statement.
+    diff = drray.query("""
+        select m.cam_method, m.value - e.rate as d, m.baseline - e.chance as dc, m.n - e.n as dn
+        from metrics m join (select cam_method, avg(pointing_hit::int) rate, avg(chance_hit) chance, count(*) n
+                             from explanations where abs(pred - label) = 1 and pointing_hit is not null group by 1) e
+        using (cam_method)
+        where m.family = 'error_bucket' and m.metric = 'pointing_hit_rate' and m.error_bucket = 'off_by_one'""", run=run)
+    assert len(diff) == 2 and (diff[["d", "dc", "dn"]].abs().to_numpy() < 1e-12).all()
+    cells = drray.query("select grade, pred_grade, value from metrics where metric = 'confusion'", run=run)
+    cm = np.zeros((5, 5))
+    cm[cells["grade"].astype(int), cells["pred_grade"].astype(int)] = cells["value"]
+    assert cm.tolist() == m["groups"][0]["grading"]["confusion_matrix"]
+    obs = drray.query("select cam_method, metric, status from metrics where family = 'observation' order by 1, 2", run=run)
+    assert obs["status"].tolist() == ["holds"] * 6  # the synthetic rows are made for (a), (b) and (c) to hold
+    assert all(s.split(": (")[1][0] in "abc" for s in m["observations"]) and len(m["observations"]) == 6
+
+
+def test_evaluate_writes_only_under_out_and_takes_an_explanations_folder(synthetic_run, tmp_path):
+    from drray.evaluate.evaluate import evaluate
+
+    run, m = synthetic_run
+    again = evaluate(run / "explanations", tmp_path / "out", randomisation=run / "randomisation.parquet", n_boot=200)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.json", "metrics.parquet"]
+    assert again["groups"] == m["groups"]  # seeded bootstrap: the same tables give the same file
+    with pytest.raises(FileNotFoundError, match="drray explain"):
+        evaluate(tmp_path / "nothing", tmp_path / "out2")
+
+
+# ----------------------------------------------------------------- end to end on a real tiny run
+@pytest.mark.timeout(240)
+def test_evaluate_run_on_a_real_explained_run_matches_evaluate_model(ray_session, run):
+    """explain (Ray) -> evaluate_run -> report on a tiny ingested run: the same predictor, the same QWK."""
+    from drray.config import CamConfig
+    from drray.evaluate.evaluate import evaluate_model, evaluate_run
+    from drray.evaluate.report import report
+    from drray.explain.pipeline import explain
+
+    explain(run / "manifest.parquet", run / "model", run, methods=["gradcam"], split="test",
+            cam=CamConfig(batch_size=8, cam_size=8, overlay_size=32))
+    m = evaluate_run(run, n_boot=50)
+    direct = evaluate_model(run / "model", run / "manifest.parquet", split="test", n_boot=50)
+    assert m["n"] == direct["n"] and m["groups"][0]["grading"]["confusion_matrix"] == direct["confusion_matrix"]
+    assert m["qwk"] == pytest.approx(direct["qwk"], abs=1e-12)
+    assert m["cam_method"] == "gradcam" and len(m["observations"]) == 3
+    html = Path(report(run)).read_text()
+    assert html.count('<div class="card') >= 1 and "Tune trials" not in html  # this run has no trials.parquet
+
+
+@pytest.mark.timeout(120)
+def test_evaluate_run_and_report_on_object_storage(synthetic_run, bucket):
+    """The same run on s3:// (moto on loopback) gives the same metrics, written back into the bucket."""
+    from pyarrow import fs as pafs
+
+    from drray import storage
+    from drray.evaluate.evaluate import evaluate_run
+    from drray.evaluate.report import report
+
+    run, local = synthetic_run
+    remote = f"{bucket}/runs/demo"
+    s3, path = pafs.FileSystem.from_uri(remote)
+    for name in ("explanations", "randomisation.parquet", "trials.parquet"):
+        src = run / name
+        if src.is_dir():
+            pafs.copy_files(str(src), f"{path}/{name}", source_filesystem=pafs.LocalFileSystem(),
+                            destination_filesystem=s3)
+        else:
+            s3.create_dir(path)
+            pafs.copy_files(str(src), f"{path}/{name}", source_filesystem=pafs.LocalFileSystem(),
+                            destination_filesystem=s3)
+    m = evaluate_run(remote, n_boot=200)
+    assert m["groups"] == local["groups"] and m["observations"] == local["observations"]
+    assert storage.read_json(f"{remote}/metrics.json")["qwk"] == local["qwk"]
+    assert storage.is_file(f"{remote}/metrics.parquet")
+    html = storage.read_text(report(remote, metrics=m))
+    assert "Tune trials" in html and "Model randomisation" in html

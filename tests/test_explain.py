@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet  # noqa: F401  (pa.parquet)
 import pyarrow.dataset as pads
 import pytest
 from PIL import Image
@@ -536,3 +537,22 @@ def test_losing_a_worker_node_mid_job_still_explains_every_image_exactly_once(tm
     assert report["finished"] and report["errors"] == {}
     assert report["rows_written"] == n
     assert sorted(report["image_ids"]) == [f"img{i:03d}" for i in range(n)]  # each image once
+
+
+@pytest.mark.timeout(180)
+def test_explain_runs_the_model_randomisation_check(ray_session, fundus_run, tmp_path):
+    """Maps of copies with more and more blocks re-initialised drift away from the trained model's."""
+    from drray.explain.pipeline import explain
+
+    out = tmp_path / "sanity"
+    cam = CamConfig(batch_size=4, cam_size=8, overlay_size=16, sanity_images=4)
+    result = explain(fundus_run["manifest"], fundus_run["model"], out, methods=["gradcam"], cam=cam)
+    assert result.sanity is not None and result.sanity.images == 4
+    table = pa.parquet.read_table(out / "randomisation.parquet").to_pandas()
+    assert set(table["cascade"]) == set(range(len(result.sanity.steps)))
+    trained = table[table["cascade"] == 0]
+    assert np.allclose(trained["rank_corr"], 1.0) and (trained["reinitialised"] == "").all()
+    deepest = table[table["cascade"] == table["cascade"].max()]
+    assert deepest["rank_corr"].mean() < 0.9
+    assert "randomisation check on 4 images" in result.summary()
+    assert explain(fundus_run["manifest"], fundus_run["model"], out, methods=["gradcam"], cam=cam).sanity is None

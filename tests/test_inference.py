@@ -138,3 +138,19 @@ def test_describe_names_what_the_model_is(model_dir):
     d = Predictor.from_model_dir(model_dir).describe()
     assert d["backbone"] == "test_resnet" and d["head"] == "ordinal" and d["input_size"] == SIZE
     assert d["target_layer"].startswith("backbone.") and d["grades"]["4"] == "proliferative DR"
+
+
+def test_explain_image_in_steps_batches_photographs_to_the_same_answers(model_dir, retina):
+    """prepare_photo -> explain (a stacked batch) -> explanation_of: what the server batches, same numbers."""
+    p = Predictor.from_model_dir(model_dir, methods=["gradcam"])
+    flat = np.full((300, 400, 3), 128, np.uint8)
+    items = [p.prepare_photo(retina), p.prepare_photo(flat)]
+    out = p.explain(np.stack([it.prepared.image for it in items]), methods=["gradcam"], target="pred")
+    for i, (item, image) in enumerate(zip(items, [retina, flat])):
+        batched = p.explanation_of(item, out, i, "gradcam", "pred", keep_background=True)
+        alone = p.explain_image(image, method="gradcam", target="pred")
+        np.testing.assert_allclose(batched["probs"], alone["probs"], atol=1e-5)
+        np.testing.assert_allclose(batched["cam"], alone["cam"], atol=1e-5)
+        assert batched["quality_ok"] == alone["quality_ok"] and batched["warnings"] == alone["warnings"]
+        assert batched["background"].shape == batched["overlay"].shape
+    assert p.method_name(None) == "gradcam" and p.method_name("GradCAM++") == "gradcam++"

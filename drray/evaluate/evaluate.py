@@ -172,3 +172,19 @@ def evaluate_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     rand = run.randomisation if storage.is_file(run.randomisation) else None
     return evaluate(run.explanations, out if out is not None else run.root, randomisation=rand, n_boot=n_boot,
                     seed=seed, min_n=min_n)
+
+
+def headline(metrics: dict[str, Any]) -> str:
+    """One line of a run's headline figures (what `drray evaluate` and `drray demo` print)."""
+    def f(key: str) -> str:
+        v = metrics.get(key)
+        return "n/a" if v is None else f"{v:.3f}"
+
+    text = (f"QWK {f('qwk')} (95% CI {f('qwk_ci_low')}-{f('qwk_ci_high')}) on {metrics.get('n', 0)} images; "
+            f"referable AUC {f('referable_auc')}, sensitivity {f('sensitivity')}, specificity {f('specificity')}")
+    if metrics.get("pointing_hit_rate") is not None:
+        text += (f"; {metrics.get('cam_method')} peak on a lesion {f('pointing_hit_rate')} "
+                 f"(chance {f('chance_hit')})")
+    if metrics.get("energy_lift") is not None:
+        text += f", energy in lesions {metrics['energy_lift']:.1f}x their area"
+    return text

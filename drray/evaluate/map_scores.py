@@ -29,6 +29,14 @@ def shrink_map(cam: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(cam, (size, size), interpolation=interp)
 
 
+def disc_mask(cy: float, cx: float, r: float, size: int) -> np.ndarray | None:
+    """(size, size) bool: the field-of-view disc on the prepared grid; None when no circle was found (r <= 0)."""
+    if r <= 0:
+        return None
+    yy, xx = np.ogrid[:size, :size]
+    return (xx - float(cx)) ** 2 + (yy - float(cy)) ** 2 <= float(r) * float(r)
+
+
 def decode_map(blob: bytes, h: int, w: int) -> np.ndarray:
     """The `cam` column of a row back to an (h, w) float32 map (inverse of what map_scores stores)."""
     return np.frombuffer(blob, dtype=np.float16).reshape(int(h), int(w)).astype(np.float32)
@@ -87,9 +95,9 @@ def map_scores(
         row["pointing_hit"] = pointing_hit(cam, lesions, tolerance * side)
         row["energy_in_lesions"] = finite_or_none(energy_share(cam, lesions))
         if field_of_view is not None and field_of_view.any():
-            from drray.evaluate.localisation import chance_hit_rate
+            from drray.evaluate.localisation import chance_hit_rate, lesion_area_share
 
-            row["lesion_area"] = float((lesions & field_of_view).sum() / field_of_view.sum())
+            row["lesion_area"] = lesion_area_share(lesions, field_of_view)
             row["chance_hit"] = chance_hit_rate(lesions, field_of_view, tolerance * side)
     for t in LESION_TYPES + (OPTIC_DISC,):
         m = unpack_mask(mask_bits, t)

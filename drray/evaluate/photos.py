@@ -73,6 +73,12 @@ def outline(colour: np.ndarray, bits: np.ndarray, peak: tuple[float, float] | No
         found.append(t)
         contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(out, contours, -1, LESION_COLOURS[t], thickness)
+        # A microaneurysm is a pixel or two: ring it, or its outline is invisible at thumbnail size.
+        small = max(2, colour.shape[0] // 64)
+        for c in contours:
+            x, y, w, h = cv2.boundingRect(c)
+            if max(w, h) <= small:
+                cv2.circle(out, (x + w // 2, y + h // 2), small + 1, LESION_COLOURS[t], 1)
     if peak is not None:
         y, x = (int(round(v)) for v in peak)
         r = max(4, colour.shape[0] // 24)

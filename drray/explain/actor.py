@@ -57,13 +57,11 @@ def _image_fields(batch: dict[str, np.ndarray], i: int) -> dict[str, Any]:
 
 def _field_of_view(batch: dict[str, np.ndarray], i: int, size: int) -> np.ndarray | None:
     """The fundus disc on the S x S grid, from the decode step's circle (None when none was found)."""
+    from drray.evaluate.map_scores import disc_mask
+
     if "fov_r" not in batch or not bool(batch["quality_ok"][i]):
         return None
-    r = float(batch["fov_r"][i])
-    if r <= 0:
-        return None
-    yy, xx = np.ogrid[:size, :size]
-    return (xx - float(batch["fov_cx"][i])) ** 2 + (yy - float(batch["fov_cy"][i])) ** 2 <= r * r
+    return disc_mask(batch["fov_cy"][i], batch["fov_cx"][i], batch["fov_r"][i], size)
 
 
 class Explainer:

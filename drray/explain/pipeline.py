@@ -32,6 +32,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from drray import storage
 from drray.config import CamConfig
 from drray.data.images import DEFAULT_MAX_PIXELS
 from drray.rundir import RunDir
@@ -60,6 +61,8 @@ class ExplainResult:
     errors: dict[str, int] = field(default_factory=dict)
     """Error rows written, by reason code."""
     seconds: float = 0.0
+    sanity: Any = None
+    """The model-randomisation check (drray.explain.randomisation.SanityResult), when it ran."""
 
     @property
     def explanations_dir(self) -> str:
@@ -83,6 +86,10 @@ class ExplainResult:
             lines.append(f"  {n_err:,} new error rows ({by_reason}) in {self.errors_dir}")
         else:
             lines.append("  no new errors")
+        if self.sanity is not None:
+            corr = ", ".join(f"{k} {v:.2f}" for k, v in self.sanity.mean_rank_corr.items() if k != "trained")
+            lines.append(f"  randomisation check on {self.sanity.images} images (rank correlation with the trained "
+                         f"maps as blocks are re-initialised: {corr}) in {self.sanity.path}")
         return "\n".join(lines)
 
 
@@ -236,6 +243,11 @@ def explain(
         errors.update(sink.stats.errors)
     result.errors = dict(errors)
     remove_empty_dir(fs, filesystem(run.staging)[1])
+    if cam.sanity_images and methods and (result.rows_written or not storage.is_file(run.randomisation)):
+        from drray.explain.randomisation import randomisation_check
+
+        result.sanity = randomisation_check(_absolute_paths(df, manifest), files, out, methods=methods, cam=cam,
+                                            max_pixels=max_pixels)
     result.seconds = time.perf_counter() - start
     log.info("explain run %s done: %d rows, %d errors in %.1f s", run_id, result.rows_written,
              sum(result.errors.values()), result.seconds)

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from drray.serve.limits import BodySizeLimit
+from drray.serve.limits import BodySizeLimit, BodyTooLarge
 from drray.serve.refusals import TARGETS, Refusal, ReasonCode
 from drray.serve.schemas import Error, ExplainJSON, ExplainOptions, Explanation, Health, ModelInfo
 
@@ -48,6 +48,8 @@ def _multipart_schema() -> dict[str, Any]:
         "ben_graham": {"type": "boolean", "description": ExplainOptions.model_fields["ben_graham"].description},
         "overlay_alpha": {"type": "number", "minimum": 0, "maximum": 1,
                           "description": ExplainOptions.model_fields["overlay_alpha"].description},
+        "overlay_size": {"type": "integer", "minimum": 32, "maximum": 1024,
+                         "description": ExplainOptions.model_fields["overlay_size"].description},
     }}
 
 
@@ -89,6 +91,8 @@ async def _read_request(request: Request, max_fields: int = 8) -> tuple[bytes, E
     if ctype == "multipart/form-data":
         try:
             form = await request.form(max_files=1, max_fields=max_fields)
+        except BodyTooLarge:
+            raise
         except StarletteHTTPException as e:  # malformed multipart, too many parts
             return error(400, ReasonCode.INVALID_REQUEST, f"multipart body: {e.detail}")
         image = form.get("image")
@@ -149,7 +153,8 @@ def make_api(client: Any, args: Any) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
-        return error(e.status_code, "http_" + str(e.status_code), str(e.detail), headers=getattr(e, "headers", None))
+        reason = getattr(e, "reason", None) or f"http_{e.status_code}"
+        return error(e.status_code, reason, str(e.detail), headers=getattr(e, "headers", None))
 
     @app.post(f"{API_PREFIX}/explain", response_model=Explanation, responses=_ERRORS, tags=["explain"],
               summary="Grade one fundus photograph and show where the model looked",
@@ -164,7 +169,8 @@ def make_api(client: Any, args: Any) -> FastAPI:
         data, options = parsed
         try:
             answer = await client.explain(data, method=options.method, target=options.target,
-                                          ben_graham=options.ben_graham, overlay_alpha=options.overlay_alpha)
+                                          ben_graham=options.ben_graham, overlay_alpha=options.overlay_alpha,
+                                          overlay_size=options.overlay_size)
         except Exception as e:  # the Explainer failed: say so in JSON, keep serving
             log.exception("explaining an uploaded image failed")
             return error(500, "explain_failed", f"explaining the image failed: {type(e).__name__}: {e}")

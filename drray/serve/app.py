@@ -9,9 +9,8 @@ deployment by serve_config.yaml's `deployments:` section, as Ray Serve does for 
 
 # No `from __future__ import annotations` here: Ray reads the builder's annotation as a class to
 # validate the YAML `args:` with it.
-from typing import Any, Union
+from typing import Any
 
-from ray import serve
 from ray.serve import Application
 
 from drray.serve.args import AppArgs

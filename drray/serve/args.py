@@ -43,7 +43,7 @@ class _AppArgsBase(BaseModel):
     @classmethod
     def from_config(cls, cfg: ServeConfig, **extra: Any) -> "_AppArgsBase":
         values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ServeConfig) if f.name not in HTTP_FIELDS}
-        return cls(**values, **extra)
+        return cls(**{**values, **extra})
 
 
 def _serve_fields() -> dict[str, Any]:

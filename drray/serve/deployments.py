@@ -27,15 +27,12 @@ class HandleClient:
 
     def __init__(self, handle: Any):
         self.handle = handle
-        self._describe: dict[str, Any] | None = None
 
     async def explain(self, data: bytes, **options: Any) -> dict[str, Any] | Refusal:
         return await self.handle.explain.remote(data, **options)
 
     async def describe(self) -> dict[str, Any]:
-        if self._describe is None:  # a model dir does not change under a running application
-            self._describe = await self.handle.describe.remote()
-        return self._describe
+        return await self.handle.describe.remote()  # not cached: `serve deploy` may change the batching
 
     async def ping(self) -> str:
         return await self.handle.ping.remote()

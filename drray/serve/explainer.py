@@ -101,9 +101,13 @@ class ExplainerCore:
         return self.predictor.model_id
 
     async def explain(self, data: bytes, *, method: str | None = None, target: Any = "pred",
-                      ben_graham: bool | None = None, overlay_alpha: float = 0.4,
-                      keep_background: bool = False) -> dict[str, Any] | Refusal:
-        """One encoded photograph -> `Predictor.explain_image`'s dict, or the `Refusal` saying why not."""
+                      ben_graham: bool | None = None, overlay_alpha: float = 0.4, overlay_size: int | None = None,
+                      keep_arrays: bool = False) -> dict[str, Any] | Refusal:
+        """One encoded photograph -> `Predictor.explain_image`'s dict, or the `Refusal` saying why not.
+
+        keep_arrays: also return the arrays the page draws with (`cam`, `overlay` and `background`,
+        the photograph under the overlay); without it only plain values and PNGs cross the handle.
+        """
         from drray.data.images import ImageError
 
         start = time.perf_counter()
@@ -122,7 +126,10 @@ class ExplainerCore:
         t = time.perf_counter()
         result = await loop.run_in_executor(self._pool, partial(
             self.predictor.explanation_of, item, done.out, done.index, name, tgt,
-            overlay_alpha=overlay_alpha, keep_background=keep_background))
+            overlay_alpha=overlay_alpha, overlay_size=overlay_size, keep_background=keep_arrays))
+        if not keep_arrays:
+            for key in ("cam", "overlay"):
+                result.pop(key, None)
         now = time.perf_counter()
         result["batch_size"] = done.batch_size
         result["timings_ms"] = {k: round(v, 2) for k, v in {

@@ -7,8 +7,7 @@ run's tables, local or on object storage), with every value passed as a query pa
     explanation_row("runs/demo", "synth_00012", "gradcam")
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Gradio reads `evt: gr.SelectData` from the real annotation.
 import io
 import logging
 import os
@@ -226,9 +225,12 @@ def build_explore_tab(run_dir: str | None):
         pred_grade = gr.Dropdown(grades, value=ANY, label="Predicted grade", elem_id="explore-pred")
         error = gr.Dropdown([ANY, *ERROR_BUCKETS], value=ANY, label="Error", elem_id="explore-error")
         peak = gr.Dropdown([ANY, *PEAK_HIT], value=ANY, label="Peak", elem_id="explore-peak")
+    found = explore_summary(run_dir)  # the page's load event refreshes these as the run grows
     with gr.Row():
-        dataset = gr.Dropdown([ANY], value=ANY, label="Dataset", elem_id="explore-dataset")
-        method = gr.Dropdown([ANY], value=ANY, label="CAM method", elem_id="explore-method")
+        dataset = gr.Dropdown([ANY, *found.get("datasets", [])], value=ANY, label="Dataset",
+                              elem_id="explore-dataset")
+        method = gr.Dropdown([ANY, *found.get("methods", [])], value=ANY, label="CAM method",
+                             elem_id="explore-method")
         limit = gr.Slider(1, MAX_LIMIT, value=DEFAULT_LIMIT, step=1, label="Thumbnails at most")
         show = gr.Button("Show", variant="primary", elem_id="explore-show")
     gallery = gr.Gallery(label="Overlays (worst errors first)", columns=6, height="auto", format="png",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any, Awaitable, Callable
 
+from starlette.exceptions import HTTPException
+
 from drray.serve.refusals import ReasonCode
 
 Scope = dict[str, Any]
@@ -18,14 +20,25 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
-class BodyTooLarge(Exception):
-    """Raised from `receive` when the streamed body passes the limit; the middleware answers 413."""
+def too_large_detail(limit: int) -> str:
+    return f"request body is larger than the limit of {limit:,} bytes ({limit / 2**20:g} MiB); send a smaller image"
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from `receive` when a streamed body passes the limit.
+
+    An HTTPException, so an app's own exception handling (FastAPI's, or the mounted Gradio app's)
+    answers 413 where it catches it first; otherwise the middleware does.
+    """
+
+    reason = ReasonCode.BODY_TOO_LARGE
+
+    def __init__(self, limit: int):
+        super().__init__(status_code=413, detail=too_large_detail(limit))
 
 
 def _too_large_body(limit: int) -> bytes:
-    return json.dumps({"detail": f"request body is larger than the limit of {limit:,} bytes "
-                                 f"({limit / 2**20:g} MiB); send a smaller image",
-                       "reason": ReasonCode.BODY_TOO_LARGE}).encode()
+    return json.dumps({"detail": too_large_detail(limit), "reason": ReasonCode.BODY_TOO_LARGE}).encode()
 
 
 class BodySizeLimit:
@@ -52,7 +65,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise BodyTooLarge(f"body passed {self.max_bytes} bytes")
+                    raise BodyTooLarge(self.max_bytes)
             return message
 
         async def tracked_send(message: Message) -> None:

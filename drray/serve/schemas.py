@@ -22,6 +22,8 @@ class ExplainOptions(BaseModel):
     ben_graham: Optional[bool] = Field(None, description=(
         "Override the model's Ben Graham normalisation; null keeps what it was trained with."))
     overlay_alpha: float = Field(0.4, ge=0.0, le=1.0, description="Opacity of the map in `overlay_png`.")
+    overlay_size: Optional[int] = Field(None, ge=32, le=1024, description=(
+        "Side of `overlay_png` in pixels; null: the fundus at up to 512 px (smaller answers travel faster)."))
 
 
 class ExplainJSON(ExplainOptions):

@@ -108,7 +108,7 @@ def build_blocks(client: Any, args: Any):
                 raise gr.Error("Upload a fundus photograph or pick an example first.")
             data = Path(image_path).read_bytes()
             answer = await client.explain(data, method=method, target=target, ben_graham=BEN_GRAHAM.get(ben_graham),
-                                          overlay_alpha=float(opacity), keep_background=True)
+                                          overlay_alpha=float(opacity), keep_arrays=True)
             if isinstance(answer, Refusal):
                 raise gr.Error(answer.detail)
             return (grade_text(answer), referable_text(answer), warnings_text(answer),
