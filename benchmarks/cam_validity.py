@@ -282,7 +282,8 @@ HEADER = (f"{'family':18s} {'stride':>6s} {'method':18s} {'hit':>5s} {'correct':
 
 def _row(r: dict) -> str:
     return (f"{r['family']:18s} {r['stride']:>6} {r['method']:18s} {r['hit']:5.2f} {r['hit_correct']:7.2f} "
-            f"{r['hit_grade1']:6.2f} {r['hit_grade2plus']:5.2f} {r['lift']:5.1f} {r['lift_median']:5.1f} {r['chance']:6.2f} "
+            f"{r['hit_grade1']:6.2f} {r['hit_grade2plus']:5.2f} {r['lift']:5.1f} {r['lift_median']:5.1f} "
+            f"{r['chance']:6.2f} "
             f"{r['random_hit']:6.2f} {r['random_rho']:5.2f} {r['cost']:4.2f}x")
 
 
@@ -355,7 +356,8 @@ def main() -> None:
     (out / "cam_validity.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                        "rows": rows}, indent=1))
     print(f"hit: pointing game over lesion images (correct: correctly graded; grade1; >=2); lift: energy in lesions "
-          f"/ their area share (med: median of per-image ratios); chance: random peak in the field; random: all blocks re-initialised (rho: Spearman "
+          f"/ their area share (med: median of per-image ratios); chance: random peak in the field; "
+          f"random: all blocks re-initialised (rho: Spearman "
           f"with the trained maps); cost: CAM time / forward-only time. {time.perf_counter() - start:.0f} s in all; "
           f"results in {out / 'cam_validity.json'}")
     if tmp is not None:

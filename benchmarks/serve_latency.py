@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> None:
     for label, n, s in rows:
         print(f"{label:<22}{n:>8}{s['p50']:>10.1f}{s['p95']:>10.1f}{s['p99']:>10.1f}{s['rps']:>9.2f}{s['errors']:>8}"
               f"{s['server']:>18.1f}")
-    print("(explainer p50: the time inside explain_image / the Explainer replica, queueing and transport excluded)")
+    print("(explainer p50: time inside explain_image / the Explainer replica: decode, waiting for the model, model, "
+          "render; HTTP, proxy, ingress and handle transport excluded)")
     base = {n: s for label, n, s in rows if label == "in-process"}
     for label in dict.fromkeys(label for label, _, _ in rows if label != "in-process"):
         mine = {n: s for lab, n, s in rows if lab == label}

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import time
 from typing import Callable, Sequence
 
 from drray.config import Config
@@ -186,6 +188,42 @@ def cmd_query(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------- serve
+def cmd_serve(args: argparse.Namespace, console: Console) -> int:
+    from drray import storage
+
+    cfg = _load_config(args)
+    model_dir = args.model or cfg.serve.model_dir
+    if not storage.is_file(storage.join(model_dir, "model.json")):
+        raise UsageError(f"{str(model_dir)!r} is not a model dir (no model.json); train one with `drray demo` "
+                         "or `drray tune`, or name one with --model")
+    serve_and_wait(console, model_dir, cfg, args.run)
+    return 0
+
+
+def serve_and_wait(console: Console, model_dir: str, cfg: Config, run_dir: str | None) -> None:
+    """Start the live explanations, say where they are, serve until Ctrl-C."""
+    import ray
+
+    from drray.serve.run import run_server, stop_server
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    # `kill` and container stops send SIGTERM: stop as cleanly as on Ctrl-C.
+    signal.signal(signal.SIGTERM, interrupt)
+    started_ray = not ray.is_initialized()
+    url = run_server(model_dir, cfg.serve, run_dir=run_dir, block=False)
+    console.print(f"serving {model_dir}: page {url}/ui, API {url}/api/v1/explain (docs {url}/docs); Ctrl-C stops")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("stopping")
+    finally:
+        stop_server(started_ray)
+
+
 # ----------------------------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     from drray.demo import run_demo
@@ -194,7 +232,9 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     if args.config is None:
         args.config = recipe_path("synth_demo")
     cfg = _load_config(args)
-    run_demo(cfg, args.out, console)
+    run = run_demo(cfg, args.out, console)
+    if not args.no_serve:
+        serve_and_wait(console, run.model, cfg, run.root)
     return 0
 
 
@@ -274,8 +314,16 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the main job on the built-in synthetic set (recipe: configs/synth_demo.yaml)"
     )
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--no-serve", dest="no_serve", action="store_true",
+                   help="stop after the report instead of serving the model (page and REST API) until Ctrl-C")
     _add_common(p)
     p.set_defaults(func=cmd_demo, run_dir="out")
+
+    p = sub.add_parser("serve", help="live explanations: REST API and Gradio page on Ray Serve (until Ctrl-C)")
+    p.add_argument("--model", default=None, help="model dir (default serve.model_dir: runs/demo/model)")
+    p.add_argument("--run", default=None, help="run directory the Explore tab opens (default: the model's run)")
+    _add_common(p)
+    p.set_defaults(func=cmd_serve, run_dir="serve")
     return parser
 
 
@@ -284,6 +332,13 @@ def _run_dir(args: argparse.Namespace) -> str | None:
     where = getattr(args, "run_dir", None)
     if where == "out":
         return args.out
+    if where == "serve":
+        from drray import storage
+
+        model = args.model or Config.from_yaml(args.config, args.overrides).serve.model_dir
+        if args.run is None and storage.is_dir(model):
+            args.run = _parent(model)
+        return args.run if args.run and storage.is_dir(args.run) else None
     if where == "out_or_run":
         from drray import storage
 

@@ -64,10 +64,20 @@ def test_rayjob_fields_and_an_entrypoint_drray_accepts(path):
         assert where.startswith("s3://"), where
 
 
-def test_rayservice_serves_exactly_serve_config_yaml():
+def test_rayservice_serves_serve_config_yaml_with_only_the_cluster_values_changed():
+    """serveConfigV2 is serve_config.yaml but for where the model lives and where the proxy binds in a pod."""
     doc = load(KUBERAY / "rayservice.yaml")
     assert doc["kind"] == "RayService"
     spec = doc["spec"]
     embedded = yaml.safe_load(spec["serveConfigV2"])
-    assert embedded == yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    local = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    assert local["http_options"]["host"] == "127.0.0.1" and embedded["http_options"]["host"] == "0.0.0.0"
+    for app in embedded["applications"]:
+        assert app["args"]["model_dir"].startswith("s3://") and app["args"]["run_dir"].startswith("s3://")
+    for cfg in (embedded, local):
+        cfg["http_options"].pop("host")
+        for app in cfg["applications"]:
+            app["args"].pop("model_dir")
+            app["args"].pop("run_dir")
+    assert embedded == local
     check_cluster(spec["rayClusterConfig"], "rayservice.yaml")

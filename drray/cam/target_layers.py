@@ -31,7 +31,6 @@ module and `grade_probs`) is resolved inside its backbone; the returned name is 
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from typing import Callable, NamedTuple
@@ -39,9 +38,17 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
+from drray.cam.dry_run import dry_run, spatial_maps
+from drray.cam.reshape import (  # noqa: F401  (the transforms stay importable from here)
+    ReshapeTransform,
+    nhwc_to_nchw,
+    token_grid,
+    tokens_to_nchw,
+    transform_for,
+)
+
 log = logging.getLogger(__name__)
 
-ReshapeTransform = Callable[[torch.Tensor], torch.Tensor]
 
 CAM_STRIDES = (8, 16, 32)
 """Output strides a configuration may ask for (drray.config.CamConfig.target_stride)."""
@@ -158,51 +165,6 @@ def _mambaout(model):
     return _last(model, "stages"), "nhwc"
 
 
-def nhwc_to_nchw(x: torch.Tensor) -> torch.Tensor:
-    """(B, H, W, C) -> (B, C, H, W), a view."""
-    if x.ndim != 4:
-        raise ValueError(f"expected a channels-last (B, H, W, C) map, got shape {tuple(x.shape)}")
-    return x.permute(0, 3, 1, 2)
-
-
-def token_grid(num_patches: int, grid_size: tuple[int, int] | None) -> tuple[int, int]:
-    """Patch grid (h, w) of `num_patches` tokens: the model's grid when it fits, else a square one."""
-    if grid_size is not None and grid_size[0] * grid_size[1] == num_patches:
-        return int(grid_size[0]), int(grid_size[1])
-    side = math.isqrt(num_patches)
-    if side * side == num_patches:
-        return side, side
-    raise ValueError(
-        f"cannot lay {num_patches} patch tokens on a grid: the model's grid is {grid_size} and the count is "
-        "not a square; feed square images or pass reshape_transform= explicitly")
-
-
-def tokens_to_nchw(x: torch.Tensor, num_prefix_tokens: int = 1,
-                   grid_size: tuple[int, int] | None = None) -> torch.Tensor:
-    """(B, prefix + h*w, C) transformer tokens -> (B, C, h, w) patch map, a view (no copy)."""
-    if x.ndim != 3:
-        raise ValueError(f"expected transformer tokens (B, N, C), got shape {tuple(x.shape)}")
-    b, n, c = x.shape
-    h, w = token_grid(n - num_prefix_tokens, grid_size)
-    return x[:, num_prefix_tokens:].reshape(b, h, w, c).permute(0, 3, 1, 2)
-
-
-def _tokens_transform(model: nn.Module) -> ReshapeTransform:
-    patch_embed = getattr(model, "patch_embed", None)
-    grid = getattr(patch_embed, "grid_size", None)
-    # functools.partial of a module-level function pickles, so engines can travel to Ray actors.
-    return functools.partial(tokens_to_nchw, num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 1)),
-                             grid_size=tuple(grid) if grid is not None else None)
-
-
-def _transform_for(model: nn.Module, layout: str) -> ReshapeTransform | None:
-    if layout == "tokens":
-        return _tokens_transform(model)
-    if layout == "nhwc":
-        return nhwc_to_nchw
-    return None
-
-
 def is_drray_model(model: nn.Module) -> bool:
     """A drray model wraps a timm `backbone` and maps its outputs to grade probabilities."""
     return isinstance(getattr(model, "backbone", None), nn.Module) and callable(getattr(model, "grade_probs", None))
@@ -250,63 +212,6 @@ def _layout_of_named(model: nn.Module, name: str) -> str:
     return layout
 
 
-def _dry_input_size(model: nn.Module, input_size: int | tuple[int, int] | None) -> tuple[int, int]:
-    """Input side(s) for the dry forward: given, else the model's fixed image size, else its default config."""
-    size = input_size
-    for owner in (model, getattr(model, "patch_embed", None)):
-        if size is None and owner is not None and getattr(owner, "img_size", None) is not None:
-            size = owner.img_size
-    if size is None:
-        cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-        size = tuple(cfg.get("input_size", (3, 224, 224)))[-2:]
-    if isinstance(size, int):
-        return size, size
-    return int(size[0]), int(size[1])
-
-
-def _dry_run(model: nn.Module, input_size) -> tuple[list[tuple[str, tuple[int, ...]]], tuple[int, int]]:
-    """(module name, output shape) of every non-identity module, in execution order, for one batch-1 forward."""
-    seen: list[tuple[str, tuple[int, ...]]] = []
-    handles = []
-    for name, module in model.named_modules():
-        if not name or isinstance(module, nn.Identity):
-            continue
-        handles.append(module.register_forward_hook(
-            lambda _m, _i, out, name=name: seen.append((name, tuple(out.shape)))
-            if isinstance(out, torch.Tensor) else None))
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    height, width = _dry_input_size(model, input_size)
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.inference_mode():
-            model(torch.zeros(1, 3, height, width, device=device))
-    except Exception as e:
-        raise ValueError(
-            f"the dry forward of {type(model).__name__} at {height}x{width} px, used to find its CAM target "
-            f"layer, failed ({e}); pass input_size= or the target layer's name") from e
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    return seen, (height, width)
-
-
-def _spatial_maps(model: nn.Module, seen) -> list[tuple[str, str, int, bool]]:
-    """(name, layout, map height, has the pooled channel count) of every 4-D map with h, w > 1."""
-    num_features = getattr(model, "num_features", None)
-    maps = []
-    for name, shape in seen:
-        if len(shape) != 4:
-            continue
-        nhwc = num_features is not None and shape[-1] == num_features and shape[1] != num_features
-        h, w = (shape[1], shape[2]) if nhwc else (shape[2], shape[3])
-        if h > 1 and w > 1:
-            maps.append((name, "nhwc" if nhwc else "nchw", h, num_features in (shape[1], shape[-1])))
-    return maps
-
-
 def find_last_spatial_layer(model: nn.Module, input_size: int | tuple[int, int] | None = None) -> tuple[str, str]:
     """Generic fallback: the last module (in execution order) whose output is a (B, C, h, w) map with h, w > 1.
 
@@ -315,8 +220,8 @@ def find_last_spatial_layer(model: nn.Module, input_size: int | tuple[int, int] 
     final map wins; identities are skipped. Maps with `num_features` channels (what the head pools)
     are preferred; the layout is channels-last when the last axis, not the second, has them.
     """
-    seen, (height, width) = _dry_run(model, input_size)
-    maps = _spatial_maps(model, seen)
+    seen, (height, width) = dry_run(model, input_size)
+    maps = spatial_maps(model, seen)
     if not maps:
         raise ValueError(
             f"found no 4-D spatial feature map in {type(model).__name__} at {height}x{width} px; pass the "
@@ -373,8 +278,8 @@ def stride_layers(model: nn.Module, input_size: int | tuple[int, int] | None = N
         return {stride: (final, "tokens")} if stride is not None else {}
     table = {reduction: (name, layout) for name, reduction in _feature_stages(model)}
     if not table:
-        seen, (height, _) = _dry_run(model, input_size)
-        for name, map_layout, h, _ in _spatial_maps(model, seen):
+        seen, (height, _) = dry_run(model, input_size)
+        for name, map_layout, h, _ in spatial_maps(model, seen):
             table[max(1, round(height / h))] = (name, map_layout)
     if table:
         table[max(table)] = (final, final_layout if layout == "nchw" else layout)
@@ -437,11 +342,11 @@ def _resolve_in(model: nn.Module, name: str | None, input_size, stride: int | No
             known = _stride_of_named(model, name, stride_layers(model, input_size))
         except ValueError:  # a model the dry forward cannot run: the layer was named, its stride stays unknown
             known = None
-        return TargetLayer(layer, _transform_for(model, _layout_of_named(model, name)), name, known)
+        return TargetLayer(layer, transform_for(model, _layout_of_named(model, name)), name, known)
     table = stride_layers(model, input_size)
     chosen = _pick_stride(model, table, stride, strict)
     name, layout = table[chosen]
-    return TargetLayer(model.get_submodule(name), _transform_for(model, layout), name, chosen)
+    return TargetLayer(model.get_submodule(name), transform_for(model, layout), name, chosen)
 
 
 def resolve_target_layer(model: nn.Module, name: str | None = None,

@@ -24,8 +24,8 @@ def run_server(model_dir: str | os.PathLike, cfg: ServeConfig, run_dir: str | No
     """Serve `model_dir` (REST API at /api/v1, page at /ui) as `cfg` says; returns the base URL.
 
     run_dir: the run directory the Explore tab reads (None: the application's default, runs/demo).
-    block: wait until Ctrl-C, then shut Serve down (and Ray, when this call started it); False
-    returns at once with the application running.
+    block: wait until Ctrl-C, then stop: Serve and Ray when this call started Ray, else only this
+    application; False returns at once with the application running (`stop_server` undoes it).
     """
     import ray
     from ray import serve
@@ -40,19 +40,41 @@ def run_server(model_dir: str | os.PathLike, cfg: ServeConfig, run_dir: str | No
     args = AppArgs.from_config(cfg, **extra)
     started_ray = not ray.is_initialized()
     connect()
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://{_display_host(cfg.host)}:{cfg.port}"
-    log.info("serving %s at %s (page %s/ui, API %s/api/v1/explain)", model_dir, url, url, url)
-    if not block:
-        return url
+    stop = block
     try:
+        serve.start(http_options={"host": cfg.host, "port": cfg.port})
+        serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)
+        log.info("serving %s at %s (page %s/ui, API %s/api/v1/explain)", model_dir, url, url, url)
+        if not block:
+            return url
         while True:
             time.sleep(1.0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, while starting or serving
         log.info("stopping the server")
+        if not block:
+            stop = True
+            raise
+    except BaseException:
+        stop = True  # a failed start leaves nothing behind
+        raise
     finally:
-        serve.shutdown()
-        if started_ray:
-            ray.shutdown()
+        if stop:
+            stop_server(started_ray)
     return url
+
+
+def stop_server(started_ray: bool) -> None:
+    """Undo `run_server`: all of Ray when it started Ray, else only this application (a cluster keeps the rest)."""
+    import ray
+    from ray import serve
+
+    from drray.serve.app import APP_NAME
+
+    if not ray.is_initialized():
+        return
+    if started_ray:
+        serve.shutdown()
+        ray.shutdown()
+    else:
+        serve.delete(APP_NAME)

@@ -272,6 +272,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
+    from drray.cam.target_layers import pin_target_layer
     from drray.models.model import create_model, save_model
 
     cfg = Config.from_dict(loop_config["config"])
@@ -298,6 +299,10 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
             image_size=cfg.data.preprocess.image_size, preprocess=cfg.data.preprocess,
             drop_rate=m.drop_rate, cam_target_layer=m.cam_target_layer,
         ).to(device)
+        # The model dir records the CAM layer it is explained at, so explain and serve use that one
+        # even if drray's default stride changes later.
+        model.card = pin_target_layer(model, name=m.cam_target_layer or cfg.cam.target_layer,
+                                      stride=cfg.cam.target_stride)
         optimizer = make_optimizer(model)
         state = {"epoch": 0, "step": 0, "best_val_qwk": -math.inf, "best_epoch": 0, "stale": 0, "history": []}
     model = ray.train.torch.prepare_model(model)
