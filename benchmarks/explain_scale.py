@@ -35,7 +35,8 @@ def run(manifest: Path, model_dir: Path, out: Path, methods: list[str], args) ->
     from drray.explain.pipeline import explain
 
     cam = CamConfig(batch_size=args.batch_size, num_actors=args.actors, cpus_per_actor=args.actor_cpus,
-                    torch_threads=args.torch_threads)
+                    torch_threads=args.torch_threads, target_stride=args.stride,
+                    sanity_images=0)  # its fixed per-run cost is not per image
     with PeakRSS() as mem:
         start = time.perf_counter()
         result = explain(manifest, model_dir, out, methods=methods, cam=cam, decode_cpus=args.decode_cpus)
@@ -58,6 +59,8 @@ def main() -> None:
     p.add_argument("--actors", type=int, default=1)
     p.add_argument("--actor-cpus", type=float, default=1.0)
     p.add_argument("--decode-cpus", type=float, default=0.5)
+    p.add_argument("--stride", type=int, default=None, choices=(8, 16, 32),
+                   help="CAM target stride (default: drray's, 8); 32 is the last stage")
     p.add_argument("--torch-threads", type=int, default=None)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--smoke-test", action="store_true", help="tiny sizes: checks the script runs")

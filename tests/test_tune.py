@@ -29,8 +29,10 @@ TWO_BACKBONES = "tune.backbones=[test_resnet,test_efficientnet]"
 
 
 def tune_overrides(tmp: Path, *overrides: str) -> list[str]:
+    """A small search whose experiments live in one named storage path, so a later run (another --out) resumes them."""
     return tiny_overrides(tmp, "tune.image_sizes=[64]", "tune.lrs=[0.003]", "tune.heads=[classification]",
-                          "tune.verbose=0", "tune.cpus_per_trial_driver=0.1", *overrides)
+                          "tune.verbose=0", "tune.cpus_per_trial_driver=0.1",
+                          f"train.storage_path={tmp / 'ray_results'}", *overrides)
 
 
 def tune_config(tmp: Path, *overrides: str) -> Config:
@@ -194,6 +196,7 @@ def test_tune_two_backbones_writes_trials_and_the_best_model(searched):
     assert set(df["status"]) <= {"completed", "stopped"} and (df["epochs_run"] >= 1).all()
     assert df["best_val_qwk"].notna().all()
     assert df["best_val_qwk"].is_monotonic_decreasing
+    assert (df["score_method"] == "val QWK of the argmax grade").all()  # how each score was obtained
     resolved = Config.from_dict(json.loads(df["config_json"][0]))
     assert resolved.model.backbone == df["backbone"][0] and resolved.data.preprocess.image_size == 64
 
