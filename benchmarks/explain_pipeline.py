@@ -19,7 +19,7 @@ at 10N within 1.3x of N. The images are `drray synth` photographs (rendered once
 repeatedly in the manifest under new ids when more are asked for: decode cost is the same and
 both sides read the same files). Random weights: throughput does not depend on them.
 
-    python benchmarks/explain_pipeline.py                  # N=120 (10N=1200), resnet18 at 128 px, 2 CPUs
+    python benchmarks/explain_pipeline.py                  # N=120 (10N=1200), resnet18 at 128 px, 2 CPUs, 2 actors
     python benchmarks/explain_pipeline.py --n 400 --cpus 8 --actors 3
     python benchmarks/explain_pipeline.py --smoke-test     # tiny model and set: checks the script runs
 """
@@ -151,12 +151,13 @@ def plain_loop(manifest: Path, model_dir: Path, out: Path, args) -> float:
     df = load_manifest(manifest)
     base = manifest_base_dir(manifest)
     prep = ModelCard.read(model_dir / CARD_FILE).preprocess_config()
-    explainer = Explainer(str(model_dir), args.methods,
-                          CamConfig(batch_size=args.batch_size, gpus_per_actor=args.gpus_per_actor,
-                                    target_stride=args.stride, sanity_images=0))
+    cam = CamConfig(batch_size=args.batch_size, gpus_per_actor=args.gpus_per_actor, target_stride=args.stride,
+                    sanity_images=0)
+    explainer = Explainer(str(model_dir), args.methods, cam)
     for k, lo in enumerate(range(0, len(df), args.batch_size)):
         batch = manifest_batch(df.iloc[lo:lo + args.batch_size])
-        decoded = decode_batch(batch, cfg=prep, with_masks=True, base_dir=base)
+        # The same work as the pipeline's decode step: the colour crop for the overlay too.
+        decoded = decode_batch(batch, cfg=prep, with_masks=True, base_dir=base, photo_size=cam.overlay_size)
         write_part(out, f"loop-{k:06d}", explainer(decoded))
     return time.perf_counter() - start
 
@@ -183,8 +184,9 @@ def main() -> None:
     p.add_argument("--methods", default="gradcam")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--cpus", type=int, default=2, help="CPUs of the Ray instance and torch threads of the loop")
-    p.add_argument("--actors", type=int, default=1)
-    p.add_argument("--actor-cpus", type=float, default=1.0)
+    # Two single-thread actors beat one two-thread actor on 2 CPUs (0.84 vs 0.68 of the loop, benchmarks/README.md).
+    p.add_argument("--actors", type=int, default=2)
+    p.add_argument("--actor-cpus", type=float, default=0.5)
     p.add_argument("--decode-cpus", type=float, default=0.5)
     p.add_argument("--stride", type=int, default=None, choices=(8, 16, 32),
                    help="CAM target stride (default: drray's, 8); 32 is the last stage")

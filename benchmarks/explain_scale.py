@@ -56,8 +56,8 @@ def main() -> None:
     p.add_argument("--methods", default="gradcam")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--cpus", type=int, default=2)
-    p.add_argument("--actors", type=int, default=1)
-    p.add_argument("--actor-cpus", type=float, default=1.0)
+    p.add_argument("--actors", type=int, default=2)  # as explain_pipeline.py: two single-thread actors on 2 CPUs
+    p.add_argument("--actor-cpus", type=float, default=0.5)
     p.add_argument("--decode-cpus", type=float, default=0.5)
     p.add_argument("--stride", type=int, default=None, choices=(8, 16, 32),
                    help="CAM target stride (default: drray's, 8); 32 is the last stage")

@@ -13,13 +13,11 @@ from drray.cam.target_layers import (
     DEFAULT_TARGET_STRIDE,
     find_last_spatial_layer,
     layout_of,
-    nhwc_to_nchw,
     pin_target_layer,
     resolve_target_layer,
     stride_layers,
-    token_grid,
-    tokens_to_nchw,
 )
+from drray.cam.reshape import nhwc_to_nchw, token_grid, tokens_to_nchw
 
 SIZE = 96
 

@@ -35,17 +35,10 @@ import logging
 import math
 from typing import Callable, NamedTuple
 
-import torch
 from torch import nn
 
 from drray.cam.dry_run import dry_run, spatial_maps
-from drray.cam.reshape import (  # noqa: F401  (the transforms stay importable from here)
-    ReshapeTransform,
-    nhwc_to_nchw,
-    token_grid,
-    tokens_to_nchw,
-    transform_for,
-)
+from drray.cam.reshape import ReshapeTransform, transform_for
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from drray.schema import NUM_GRADES, REFERABLE_MIN_GRADE
+from drray.storage import finite_or_none
 
 ECE_BINS = 15
 
@@ -216,10 +217,6 @@ def bootstrap_qwk_ci(
     return float(lo), float(hi)
 
 
-def _json_float(x: float) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
-
-
 def classification_report(
     labels: Any,
     probs: Any,
@@ -243,16 +240,16 @@ def classification_report(
     ci_lo, ci_hi = bootstrap_qwk_ci(y, pr, n_boot=n_boot, seed=seed)
     return {
         "n": int(y.size),
-        "qwk": _json_float(quadratic_weighted_kappa(y, pr)),
-        "qwk_ci_low": _json_float(ci_lo),
-        "qwk_ci_high": _json_float(ci_hi),
-        "accuracy": _json_float(accuracy(y, pr)),
-        "macro_f1": _json_float(macro_f1(y, pr)),
-        "referable_auc": _json_float(roc_auc(y >= REFERABLE_MIN_GRADE, ref)),
+        "qwk": finite_or_none(quadratic_weighted_kappa(y, pr)),
+        "qwk_ci_low": finite_or_none(ci_lo),
+        "qwk_ci_high": finite_or_none(ci_hi),
+        "accuracy": finite_or_none(accuracy(y, pr)),
+        "macro_f1": finite_or_none(macro_f1(y, pr)),
+        "referable_auc": finite_or_none(roc_auc(y >= REFERABLE_MIN_GRADE, ref)),
         "referable_threshold": float(referable_threshold),
-        "sensitivity": _json_float(sens),
-        "specificity": _json_float(spec),
-        "ece": _json_float(expected_calibration_error(y, p)),
+        "sensitivity": finite_or_none(sens),
+        "specificity": finite_or_none(spec),
+        "ece": finite_or_none(expected_calibration_error(y, p)),
         "confusion_matrix": confusion_matrix(y, pr).tolist(),
         "label_counts": np.bincount(y, minlength=NUM_GRADES).tolist(),
         "pred_counts": np.bincount(pr, minlength=NUM_GRADES).tolist(),

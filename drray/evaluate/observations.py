@@ -94,6 +94,14 @@ def _ci_pct(s: dict[str, Any], name: str = "hit_rate") -> str:
     return "" if lo is None or hi is None else f" (95% CI {100 * lo:.0f}-{100 * hi:.0f}%)"
 
 
+def _verdict(separated: bool, leaning: bool) -> str:
+    """Holds when the confidence intervals are apart in the claimed direction; inconclusive when only the
+    point estimates lean that way; otherwise it does not hold."""
+    if separated:
+        return HOLDS
+    return INCONCLUSIVE if leaning else DOES_NOT_HOLD
+
+
 def _too_few(key: str, what: str, n: int, min_n: int) -> Observation:
     sentence = f"({key}) {CLAIMS[key].capitalize()}: too few images to tell ({what}: {n}; need {min_n})."
     return Observation(key, CLAIMS[key], TOO_FEW, sentence, n)
@@ -106,12 +114,7 @@ def observe_off_by_one(buckets: dict[str, dict[str, Any]], min_n: int = MIN_N) -
     if n < min_n or s["hit_rate"] is None or s["chance_hit"] is None:
         return _too_few("a", "off-by-one images with lesions", n, min_n)
     rate, lo, hi, chance = s["hit_rate"], s["hit_rate_ci_low"], s["hit_rate_ci_high"], s["chance_hit"]
-    if lo > chance:
-        status = HOLDS
-    elif rate > chance:
-        status = INCONCLUSIVE
-    else:
-        status = DOES_NOT_HOLD
+    status = _verdict(separated=lo > chance, leaning=rate > chance)
     lift = "" if s["energy_lift"] is None else f"; energy in lesions {s['energy_lift']:.1f}x a uniform map's"
     sentence = (f"(a) {CLAIMS['a'].capitalize()}: {status}. The peak hit a lesion in {_pct(rate)}{_ci_pct(s)} "
                 f"of {n} off-by-one images with lesions, against {_pct(chance)} for a random peak "
@@ -127,12 +130,7 @@ def observe_gross_errors(buckets: dict[str, dict[str, Any]], min_n: int = MIN_N)
         return _too_few("b", "gross errors with lesions", g["n"], min_n)
     if e["n"] < min_n or e["hit_rate"] is None:
         return _too_few("b", "exact predictions with lesions", e["n"], min_n)
-    if g["hit_rate_ci_high"] < e["hit_rate_ci_low"]:
-        status = HOLDS
-    elif g["hit_rate"] < e["hit_rate"]:
-        status = INCONCLUSIVE
-    else:
-        status = DOES_NOT_HOLD
+    status = _verdict(separated=g["hit_rate_ci_high"] < e["hit_rate_ci_low"], leaning=g["hit_rate"] < e["hit_rate"])
     chance = "" if g["chance_hit"] is None else f"; chance {_pct(g['chance_hit'])}"
     sentence = (f"(b) {CLAIMS['b'].capitalize()}: {status}. The peak hit a lesion in {_pct(g['hit_rate'])}"
                 f"{_ci_pct(g)} of {g['n']} gross errors, against {_pct(e['hit_rate'])}{_ci_pct(e)} of {e['n']} "
@@ -151,12 +149,7 @@ def observe_grade0_diffuse(conc: dict[str, dict[str, Any]], min_n: int = MIN_N) 
         return _too_few("c", "maps of grades 1-4", les["cam_entropy_n"], min_n)
     e0, e1 = z["cam_entropy"], les["cam_entropy"]
     lo0, hi1 = z["cam_entropy_ci_low"], les["cam_entropy_ci_high"]
-    if lo0 is not None and hi1 is not None and lo0 > hi1:
-        status = HOLDS
-    elif e0 > e1:
-        status = INCONCLUSIVE
-    else:
-        status = DOES_NOT_HOLD
+    status = _verdict(separated=lo0 is not None and hi1 is not None and lo0 > hi1, leaning=e0 > e1)
 
     def ci(s: dict[str, Any]) -> str:
         lo, hi = s["cam_entropy_ci_low"], s["cam_entropy_ci_high"]

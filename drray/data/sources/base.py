@@ -12,7 +12,7 @@ import csv
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from drray.schema import EYES, Reason
 
@@ -217,12 +217,22 @@ def segmentation_candidate(root: Path, image_id: str, path: Path, split: str | N
     )
 
 
-def merge_segmentation(graded: list[Candidate], segmented: list[Candidate]) -> list[Candidate]:
-    """Attach the masks of segmentation-set images to graded images of the same id.
+def merge_segmentation(
+    graded: Iterable[Candidate | Problem], segmented: Iterable[Candidate]
+) -> Iterator[Candidate | Problem]:
+    """The graded records, with the masks of segmentation-set images attached to graded images of the
+    same id (IDRiD and DDR ship grading and segmentation as two sets).
 
-    A segmentation image with no graded twin stays a row of its own (label null, not required).
+    Problems of the graded set pass through first. A segmentation image with no graded twin stays a
+    row of its own (label null, not required).
     """
-    by_id = {c.image_id: c for c in graded}
+    kept: list[Candidate] = []  # a list, not a dict: ingest reports duplicate ids, so none may vanish here
+    for record in graded:
+        if isinstance(record, Problem):
+            yield record
+        else:
+            kept.append(record)
+    by_id = {c.image_id: c for c in kept}
     extra = []
     for s in segmented:
         twin = by_id.get(s.image_id)
@@ -230,4 +240,5 @@ def merge_segmentation(graded: list[Candidate], segmented: list[Candidate]) -> l
             extra.append(s)
         else:
             twin.masks.update(s.masks)
-    return graded + extra
+    yield from kept
+    yield from extra

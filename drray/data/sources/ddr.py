@@ -81,10 +81,4 @@ def _segmented(root: Path) -> Iterator[Candidate]:
     "and/or lesion_segmentation/{split}/image/ with masks in lesion_segmentation/{split}/label/{EX,HE,MA,SE}/",
 )
 def scan(root: Path, **_options) -> Iterator[Candidate | Problem]:
-    graded: list[Candidate] = []
-    for record in _graded(root):
-        if isinstance(record, Problem):
-            yield record
-        else:
-            graded.append(record)
-    yield from merge_segmentation(graded, list(_segmented(root)))
+    yield from merge_segmentation(_graded(root), _segmented(root))

@@ -103,10 +103,4 @@ def _segmented(root: Path) -> Iterator[Candidate]:
     f"and/or '{SEGMENTATION}/1. Original Images/<set>/' with masks in '{SEGMENTATION}/2. All Segmentation Groundtruths/'",
 )
 def scan(root: Path, **_options) -> Iterator[Candidate | Problem]:
-    graded: list[Candidate] = []
-    for record in _graded(root):
-        if isinstance(record, Problem):
-            yield record
-        else:
-            graded.append(record)
-    yield from merge_segmentation(graded, list(_segmented(root)))
+    yield from merge_segmentation(_graded(root), _segmented(root))
