@@ -12,9 +12,13 @@ method and score each map against the masks:
   (a uniform map scores 1); med: the median over images of each image's own ratio;
 - chance: the mean exact chance hit rate (drray.evaluate.localisation.chance_hit_rate), what a
   peak dropped at random inside the field of view scores;
-- random: the hit rate of the same method on a copy with every block re-initialised
-  (drray.cam.sanity), with rho the mean Spearman correlation of its maps with the trained ones;
+- random: the hit rate of the same method on copies with every block re-initialised
+  (drray.cam.sanity), averaged over --draws seeds, with rho the mean Spearman correlation of their
+  maps with the trained ones;
 - cost: time of the CAM call over the forward-only call, same batch, measured interleaved.
+
+Besides each stride alone, each pair of neighbouring strides is scored fused ("8+16": both layers'
+maps from the same pass, multiplied into their geometric mean; drray.cam.maps.fuse_maps).
 
     python benchmarks/cam_validity.py --out /tmp/cam_validity          # ~1000 images, 4 families
     python benchmarks/cam_validity.py --smoke-test                     # tiny sizes, a minute or two
@@ -205,51 +209,66 @@ def score_family(name: str, model, test: Split, baselines: dict[str, np.ndarray]
 
     from drray.cam import CamEngine, randomised_copy
     from drray.cam.sanity import cascade_blocks
-    from drray.cam.target_layers import stride_layers
+    from drray.cam.target_layers import fused_name, stride_layers
     from drray.evaluate.localisation import energy_share, pointing_hit, rank_correlation
+    from drray.evaluate.map_scores import within_field
     from drray.evaluate.metrics import quadratic_weighted_kappa
 
-    rand = randomised_copy(model, len(cascade_blocks(model)), seed=args.seed)
+    # One random network is one fixed function: its peaks land wherever its weights favour, so its hit
+    # rate swings from seed to seed; the mean over several draws estimates what random weights score.
+    rands = [randomised_copy(model, len(cascade_blocks(model)), seed=args.seed + d) for d in range(args.draws)]
     available = stride_layers(model.backbone, model.card.input_size)
     strides = [s for s in args.strides if s in available] or list(available)[-1:]  # a transformer: its one grid
+    # Each stride alone, then each neighbouring pair fused (their maps multiplied: drray.cam.maps.fuse_maps).
+    targets = [dict(target_stride=s) for s in strides]
+    if args.fuse:
+        targets += [dict(target_layer=fused_name([available[a][0], available[b][0]]))
+                    for a, b in zip(strides, strides[1:])]
     has = test.lesions.reshape(len(test.lesions), -1).any(axis=1)
     tol = args.tolerance * test.images.shape[1]
     rows = []
-    for stride in strides:
-        engine = CamEngine(model, method=args.methods[0], target_stride=stride)
-        r_engine = CamEngine(rand, method=args.methods[0], target_stride=engine.target_stride)
+    for target in targets:
+        engine = CamEngine(model, method=args.methods[0], **target)
+        r_engines = [CamEngine(r, method=args.methods[0], **target) for r in rands]
         stats = {m: {"hit": [], "rhit": [], "energy": [], "rho": []} for m in args.methods}
         preds = []
         for i in range(0, len(test.images), args.batch):
             x = model.normalize(torch.from_numpy(test.images[i:i + args.batch]))
-            out, r_out = engine(x, methods=args.methods), r_engine(x, methods=args.methods)
+            out = engine(x, methods=args.methods)
+            r_outs = [e(x, methods=args.methods) for e in r_engines]
             preds.append(out["preds"].numpy())
             for j in range(len(x)):
                 k = i + j
                 if not has[k]:
                     continue
                 for m in args.methods:
-                    cam, r_cam = out["cams_by_method"][m][j].numpy(), r_out["cams_by_method"][m][j].numpy()
+                    # Scored inside the fundus, as drray's explanation rows are (within_field).
+                    cam = within_field(out["cams_by_method"][m][j].numpy(), test.fields[k])
+                    r_cams = [within_field(r["cams_by_method"][m][j].numpy(), test.fields[k]) for r in r_outs]
                     s = stats[m]
                     s["hit"].append(pointing_hit(cam, test.lesions[k], tol))
-                    s["rhit"].append(pointing_hit(r_cam, test.lesions[k], tol))
+                    s["rhit"].append(np.mean([pointing_hit(r, test.lesions[k], tol) for r in r_cams]))
                     s["energy"].append(energy_share(cam, test.lesions[k]))
-                    # every 4th pixel: the maps are bilinear upsamplings, the ranks barely change
-                    s["rho"].append(rank_correlation(cam[::4, ::4], r_cam[::4, ::4]))
+                    # Inside the field (the zeros outside would agree), every 4th pixel: the maps are
+                    # bilinear upsamplings, the ranks barely change.
+                    inside = test.fields[k][::4, ::4]
+                    s["rho"].append(np.mean([rank_correlation(cam[::4, ::4][inside], r[::4, ::4][inside])
+                                             for r in r_cams]))
         preds = np.concatenate(preds)
         labels = test.labels[has]
         correct = preds[has] == labels
-        if stride == strides[0]:
+        if target is targets[0]:
             print(f"{name}: test QWK {quadratic_weighted_kappa(test.labels, preds):.3f}, accuracy "
                   f"{(preds == test.labels).mean():.3f}; {int(has.sum())} lesion images, {int(correct.sum())} "
                   f"graded correctly, {int((labels == 1).sum())} of grade 1", flush=True)
             print(HEADER, flush=True)
         for m in args.methods:
             s = {k: np.asarray(v, dtype=np.float64) for k, v in stats[m].items()}
-            cost_engine = CamEngine(model, method=m, target_stride=engine.target_stride)
+            cost_engine = CamEngine(model, method=m, **target)
             x = model.normalize(torch.from_numpy(test.images[:args.batch]))
             rows.append({
-                "family": name, "stride": engine.target_stride, "layer": engine.target_layer_name, "method": m,
+                "family": name, "stride": "+".join(map(str, _strides_of(engine, available))),
+                "layer": engine.target_layer_name, "method": m,
                 "n": int(has.sum()), "n_correct": int(correct.sum()), "n_grade1": int((labels == 1).sum()),
                 "hit": _mean(s["hit"]), "hit_correct": _mean(s["hit"][correct]),
                 "hit_grade1": _mean(s["hit"][labels == 1]), "hit_grade2plus": _mean(s["hit"][labels >= 2]),
@@ -263,6 +282,12 @@ def score_family(name: str, model, test: Split, baselines: dict[str, np.ndarray]
             })
             print(_row(rows[-1]), flush=True)
     return rows
+
+
+def _strides_of(engine, available: dict) -> list:
+    """The strides of the engine's target layers (two for a fused target)."""
+    by_name = {f"backbone.{n}": s for s, (n, _) in available.items()}
+    return [by_name.get(n, engine.target_stride) for n in engine.target_layer_name.split("+")]
 
 
 def _median(x: np.ndarray) -> float:
@@ -313,6 +338,9 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=None, help="default: every fast method of CAM_METHODS")
     parser.add_argument("--tolerance", type=float, default=None, help="pointing tolerance, share of the side "
                         "(default drray's CamConfig.pointing_tolerance)")
+    parser.add_argument("--no-fuse", dest="fuse", action="store_false",
+                        help="skip the fused targets (each pair of neighbouring strides, maps multiplied)")
+    parser.add_argument("--draws", type=int, default=5, help="random re-initialisations averaged for 'random'")
     parser.add_argument("--timing-rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--seed", type=int, default=0)
@@ -322,6 +350,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke_test:
         args.n, args.synth_size, args.image_size, args.epochs, args.batch, args.timing_rounds = 40, 96, 64, 1, 8, 1
+        args.draws = 2
         args.methods = args.methods or ["gradcam", "eigencam"]  # one gradient method, one without
 
     import torch

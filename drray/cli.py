@@ -146,6 +146,12 @@ def cmd_explain(args: argparse.Namespace, console: Console) -> int:
     if args.methods is not None:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     split = args.split.split(",") if args.split else None
+    if args.select_layer:
+        from drray.explain.select_layer import select_cam_target
+
+        selection = select_cam_target(manifest, model_dir, split=cfg.cam.select_split, cam=cfg.cam,
+                                      max_pixels=cfg.data.max_image_pixels, seed=cfg.data.seed)
+        console.print(selection.summary())
     result = explain(manifest, model_dir, out, methods=methods, cam=cfg.cam, split=split,
                      max_pixels=cfg.data.max_image_pixels, decode_cpus=cfg.data.decode_cpus, console=console)
     console.print(result.summary())
@@ -283,8 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", default=None, help="manifest.parquet (default data.manifest)")
     p.add_argument("--model", default=None, help="model dir (default OUT/model)")
     p.add_argument("--methods", default=None,
-                   help="comma-separated CAM methods, e.g. gradcam,gradcam++ (default cam.methods); '' predicts only")
+                   help="comma-separated CAM methods, e.g. gradcam,gradcam++ (default cam.methods, else the model "
+                        "card's chosen method); '' predicts only")
     p.add_argument("--split", default=None, help="comma-separated splits to explain (default: all rows)")
+    p.add_argument("--select-layer", action="store_true",
+                   help="first choose the CAM layer and method by the pointing game on cam.select_split's lesion "
+                        "masks and write them into the model card")
     p.add_argument("--out", default=None, help="run directory (default: the manifest's folder)")
     _add_common(p)
     p.set_defaults(func=cmd_explain, run_dir="manifest_or_out")

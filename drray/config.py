@@ -236,7 +236,9 @@ class TuneConfig:
 class CamConfig:
     """Explanation maps."""
 
-    methods: list[str] = field(default_factory=lambda: ["gradcam"])
+    methods: list[str] | None = None
+    """CAM methods per image; None: the one chosen for the model (its card's `cam_method`, written by
+    layer selection), else gradcam; an empty list predicts only."""
     target: str = "pred"
     """`pred` (predicted grade), `referable`, `score` (ordinal), or a grade 0-4."""
     cam_size: int = 32
@@ -258,11 +260,25 @@ class CamConfig:
     sanity_images: int = 64
     """Images of the model-randomisation check `drray explain` runs after the maps (Adebayo et al. 2018:
     the same images explained with the top blocks re-initialised, into randomisation.parquet); 0 turns it off."""
+    select_layer: bool = True
+    """`drray tune` (and `drray explain --select-layer`) choose the target layer and method by the pointing
+    game on `select_split`, where it has lesion masks, and write them into the model card
+    (drray.explain.select_layer); without masks the card keeps the default stride."""
+    select_split: str = "val"
+    select_fused: bool = True
+    """Layer selection also tries each pair of neighbouring strides fused (`layer2+layer3`: maps multiplied)."""
+    select_methods: list[str] = field(default_factory=lambda: ["gradcam", "xgradcam", "gradcam++", "hirescam",
+                                                               "layercam"])
+    """Fast methods layer selection compares."""
+    sanity_draws: int = 3
+    """Random re-initialisations per step of the randomisation check, averaged (a single random network's
+    pointing score swings with its seed)."""
     target_layer: str | None = None
-    """Dotted module name of the CAM target layer (e.g. `backbone.layer2`); None: by stride or the model card."""
+    """Dotted module name of the CAM target layer (e.g. `backbone.layer2`), or several joined by `+` for a fused
+    map (`layer2+layer3`: the layers' maps multiplied); None: by stride or the model card."""
     target_stride: int | None = None
     """Output stride of the CAM target layer: 8, 16 or 32 (finer maps land on smaller lesions); None: the model
-    card's layer, else drray's default (drray.cam.target_layers.DEFAULT_TARGET_STRIDE)."""
+    card's layer, else drray's default: strides 8 and 16 fused (drray.cam.target_layers.DEFAULT_FUSED_STRIDES)."""
 
     def __post_init__(self) -> None:
         _check(self.target_stride is None or (not isinstance(self.target_stride, bool)
@@ -271,10 +287,15 @@ class CamConfig:
         _check(self.target_layer is None or self.target_stride is None,
                f"cam.target_layer ({self.target_layer!r}) and cam.target_stride ({self.target_stride}) are both set; "
                "set one: a layer name, or a stride to pick the layer by")
+        if isinstance(self.select_methods, str):
+            self.select_methods = [m.strip() for m in self.select_methods.split(",") if m.strip()]
+        _check(len(self.select_methods) > 0, "cam.select_methods is empty; name at least one fast CAM method")
+        _check(self.sanity_draws >= 1, f"cam.sanity_draws must be >= 1, got {self.sanity_draws}")
         _check(self.sanity_images >= 0, f"cam.sanity_images must be >= 0 (0: no randomisation check), got {self.sanity_images}")
         if isinstance(self.methods, str):
             self.methods = [m.strip() for m in self.methods.split(",") if m.strip()]
-        self.methods = list(self.methods)
+        if self.methods is not None:
+            self.methods = list(self.methods)
         _check(self.cam_size >= 1, f"cam.cam_size must be >= 1, got {self.cam_size}")
         _check(self.batch_size >= 1, f"cam.batch_size must be >= 1, got {self.batch_size}")
         _check(self.num_actors >= 1, f"cam.num_actors must be >= 1, got {self.num_actors}")

@@ -20,6 +20,8 @@ def run_demo(cfg: Config, out: str | os.PathLike, console: Console | None = None
     from drray.evaluate.evaluate import evaluate_run, headline
     from drray.evaluate.report import report
     from drray.explain.pipeline import explain
+    from drray.inference import default_methods
+    from drray.models.model import read_card
     from drray.training.tune import tune
 
     console = console or Console()
@@ -46,8 +48,11 @@ def run_demo(cfg: Config, out: str | os.PathLike, console: Console | None = None
     b = tuned.best
     step.done(f"best {b['backbone']} ({b['head']}): val QWK {b['best_val_qwk']:.3f} at epoch {b['best_epoch']} "
               f"of {len(tuned.trials)} trials", run.trials, run.model)
+    if tuned.cam_selection is not None:
+        console.print(f"{' ' * 16}{tuned.cam_selection.summary()}")
 
-    step = console.step(4, n, "explain", f"test split, {', '.join(cfg.cam.methods)}")
+    methods = cfg.cam.methods if cfg.cam.methods is not None else default_methods(read_card(run.model), None)
+    step = console.step(4, n, "explain", f"test split, {', '.join(methods)}")
     explained = explain(run.manifest, run.model, run.root, cam=cfg.cam, split="test",
                         max_pixels=cfg.data.max_image_pixels, decode_cpus=cfg.data.decode_cpus, console=console)
     errors = sum(explained.errors.values())

@@ -103,6 +103,16 @@ class Explanations(Predictions):
     """method -> {"road_score", "deletion_auc", "insertion_auc"}: (B,) arrays, with cam.faithfulness."""
 
 
+DEFAULT_METHOD = "gradcam"
+
+
+def default_methods(card: Any, methods: Sequence[str] | None) -> list[str]:
+    """`methods` as given; None: the method chosen for the model (its card's `cam_method`), else gradcam."""
+    if methods is not None:
+        return list(methods)
+    return [getattr(card, "cam_method", None) or DEFAULT_METHOD]
+
+
 # ------------------------------------------------------------------------------------ predictor
 class Predictor:
     """A model and its CAM engine, loaded once (per process, actor or Serve replica).
@@ -126,7 +136,7 @@ class Predictor:
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.eval().to(self.device)
         names = self.cam.methods if methods is None else list(methods)
-        self.methods: list[str] = [get_method(m).name for m in names]
+        self.methods: list[str] = [get_method(m).name for m in default_methods(model.card, names)]
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"CAM methods repeat: {self.methods}")
         self.target = parse_target(self.cam.target if target is None else target)
@@ -170,7 +180,7 @@ class Predictor:
 
             layer = {"target_layer": self.cam.target_layer} if getattr(self.cam, "target_layer", None) else {}
             stride = {"target_stride": self.cam.target_stride} if getattr(self.cam, "target_stride", None) else {}
-            self._engine = CamEngine(self.model, method=self.methods[0] if self.methods else "gradcam",
+            self._engine = CamEngine(self.model, method=self.methods[0] if self.methods else DEFAULT_METHOD,
                                      target=self.target, device=self.device, autocast_dtype=self.autocast_dtype,
                                      **layer, **stride)
         return self._engine
@@ -274,7 +284,7 @@ class Predictor:
         """The canonical name of `method` (default: the predictor's first method, else gradcam)."""
         from drray.cam.methods import get_method
 
-        return get_method(method).name if method else (self.methods[0] if self.methods else "gradcam")
+        return get_method(method).name if method else (self.methods[0] if self.methods else DEFAULT_METHOD)
 
     def explanation_of(self, item: "PhotoInput", out: Explanations, index: int, method: str, target: Any = None, *,
                        overlay_alpha: float = 0.4, overlay_size: int | None = None,
@@ -286,9 +296,10 @@ class Predictor:
         """
         from drray.cam.overlay import blend, colorize, encode_png
         from drray.data.preprocess import crop_resized
+        from drray.evaluate.map_scores import within_field
 
         prepared, photo = item.prepared, item.photo
-        cam = out.maps[method][index]
+        cam = within_field(out.maps[method][index], field_disc(prepared))
         box = (prepared.box.y0, prepared.box.x0, prepared.box.side)
         scores = self.score_map(cam, None, box, photo.shape)
         size = int(overlay_size or max(self.cam.overlay_size, min(512, prepared.box.side // photo.scale)))
@@ -351,6 +362,17 @@ class Predictor:
         return result
 
 
+def field_disc(prepared: "Prepared") -> np.ndarray | None:
+    """(S, S) bool: the fundus of a prepared photograph on its input grid; None when none was found."""
+    from drray.data.dataset import field_columns
+    from drray.evaluate.map_scores import disc_mask
+
+    if not prepared.quality_ok:
+        return None
+    f = field_columns(prepared)
+    return disc_mask(f["fov_cy"], f["fov_cx"], f["fov_r"], prepared.image.shape[0])
+
+
 @dataclass
 class PhotoInput:
     """One photograph read and preprocessed for a predictor (`Predictor.prepare_photo`)."""
@@ -363,12 +385,13 @@ class PhotoInput:
 
 
 def explain_image(image: "str | os.PathLike | bytes | np.ndarray", model_dir: str | os.PathLike,
-                  method: str = "gradcam", target: Any = "pred", **kwargs: Any) -> dict[str, Any]:
+                  method: str | None = None, target: Any = "pred", **kwargs: Any) -> dict[str, Any]:
     """One photograph, end to end, with the model in `model_dir` (see `Predictor.explain_image`).
 
+    method: a CAM method; None: the one chosen for the model (its card's), else gradcam.
     Loads the model on each call: keep a `Predictor` for many images.
     """
-    predictor = Predictor.from_model_dir(model_dir, methods=[method], target=target)
+    predictor = Predictor.from_model_dir(model_dir, methods=None if method is None else [method], target=target)
     try:
         return predictor.explain_image(image, method=method, **kwargs)
     finally:

@@ -134,6 +134,7 @@ RANDOMISATION_SCHEMA = pa.schema(
         pa.field("cam_method", pa.string()),
         pa.field("cascade", pa.int8()),  # top blocks re-initialised: 0 is the trained model itself
         pa.field("reinitialised", pa.string()),  # their module names, top first, comma-separated
+        pa.field("draw", pa.int8()),  # which random re-initialisation of that step (seed + draw); 0 for the trained model
         pa.field("rank_corr", pa.float32()),  # Spearman correlation with the trained model's map
         pa.field("pointing_hit", pa.bool_()),
         pa.field("chance_hit", pa.float32()),

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from drray.cam import CAM_METHODS, CamEngine, frozen_eval, get_method
-from drray.cam.target_layers import DEFAULT_TARGET_STRIDE, stride_layers
+from drray.cam.target_layers import DEFAULT_TARGET_STRIDE, resolve_target_layer, stride_layers
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -72,7 +72,8 @@ def test_fast_gradient_methods_match_pytorch_grad_cam(family, method):
 
     model = family_model(family)
     x = images()
-    with CamEngine(model, method=method) as engine:
+    # pytorch-grad-cam's references use one layer: the default stride's alone, not the fused default.
+    with CamEngine(model, method=method, target_layer=resolve_target_layer(model).layer) as engine:
         out = engine(x)
     targets = [ClassifierOutputTarget(int(g)) for g in out["preds"]]
     with getattr(pgc, CAM_METHODS[method].pgc_class)(model, [engine.target_layer], engine.reshape_transform) as cam:
@@ -117,7 +118,8 @@ def test_eigen_methods_match_pytorch_grad_cam_projection(family, method):
 
     model = family_model(family)
     x = images()
-    with CamEngine(model, method=method) as engine:
+    # pytorch-grad-cam's references use one layer: the default stride's alone, not the fused default.
+    with CamEngine(model, method=method, target_layer=resolve_target_layer(model).layer) as engine:
         out = engine(x)
     targets = [ClassifierOutputTarget(int(g)) for g in out["preds"]]
     ref = pgc_eigen_reference(model, engine.target_layer, engine.reshape_transform, x, targets,
@@ -250,9 +252,10 @@ def test_ordinal_and_classification_drray_models():
     x = images(3, size=64)
     with CamEngine(ordinal) as engine:
         out = engine(x)
-        default_layer = stride_layers(ordinal.backbone)[DEFAULT_TARGET_STRIDE][0]
-        assert engine.target_layer_name == f"backbone.{default_layer}"
-        assert engine.target_stride == DEFAULT_TARGET_STRIDE
+        table = stride_layers(ordinal.backbone)
+        # The default: strides 8 and 16 fused (DEFAULT_FUSED_STRIDES), the finest giving the resolution.
+        assert engine.target_layer_name == "+".join(f"backbone.{table[s][0]}" for s in (8, 16))
+        assert engine.target_stride == DEFAULT_TARGET_STRIDE and len(engine.target_layers) == 2
         score = engine(x, target="score")
         grade = engine(x, target=1)
     assert out["logits"].shape == (3, 1) and out["targets"].tolist() == [-1, -1, -1]

@@ -144,7 +144,7 @@ def synthetic_randomisation(expl: pa.Table, method: str = "gradcam", n: int = 30
         rng = np.random.default_rng(abs(hash(r["image_id"])) % 2**32)
         for c in range(steps + 1):
             out.append(dict(image_id=r["image_id"], dataset=r["dataset"], split=r["split"], label=r["label"],
-                            model_id=r["model_id"], cam_method=method, cascade=c,
+                            model_id=r["model_id"], cam_method=method, cascade=c, draw=0,
                             reinitialised=",".join(["head", "layer4", "layer3"][:c]),
                             rank_corr=1.0 if c == 0 else float(rng.uniform(-0.1, 0.4) / c),
                             pointing_hit=r["pointing_hit"] if c == 0 else bool(rng.random() < r["chance_hit"]),
@@ -407,3 +407,19 @@ def test_evaluate_run_and_report_on_object_storage(synthetic_run, bucket):
     assert storage.is_file(f"{remote}/metrics.parquet")
     html = storage.read_text(report(remote, metrics=m))
     assert "Tune trials" in html and "Model randomisation" in html
+
+
+@pytest.mark.timeout(60)
+def test_a_perfect_hit_rate_sits_inside_its_interval_and_plots():
+    """Every map of a bucket on a lesion (as the demo's correctly graded images can be): 1.0 <= its upper bound."""
+    from drray.evaluate.intervals import wilson_interval
+    from drray.evaluate.plots import buckets_png
+
+    for n in range(1, 1001):  # at n = 80 the formula alone gives 0.9999999999999999
+        assert wilson_interval(n, n)[1] == 1.0 and wilson_interval(0, n)[0] == 0.0
+    lo, hi = wilson_interval(80, 80)
+    bucket = {"n": 80, "hit_rate": 1.0, "hit_rate_ci_low": lo, "hit_rate_ci_high": hi, "chance_hit": 0.08}
+    png = buckets_png({"exact": bucket, "off_by_one": {**bucket, "hit_rate": 0.0, "hit_rate_ci_low": 0.0,
+                                                       "hit_rate_ci_high": wilson_interval(0, 58)[1]}},
+                      {"exact": "exact"}, min_n=10)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"

@@ -165,6 +165,31 @@ def test_map_scores_with_masks_and_null_for_absent_types():
 
 
 @pytest.mark.timeout(30)
+def test_map_scores_inside_the_field_of_view_compare_with_chance_like_for_like():
+    """A peak in the black border is no answer: maps are scored (and stored) inside the fundus."""
+    from drray.evaluate.map_scores import disc_mask
+
+    size = 20
+    field = disc_mask(9.5, 9.5, 8.0, size)
+    he = np.zeros((size, size), bool)
+    he[9:11, 9:11] = True
+    bits = mask_bits({"he": he}, (size, size))
+    cam = np.zeros((size, size), np.float32)
+    cam[0, 0] = 1.0  # the corner: outside the disc
+    cam[10, 10] = 0.6  # on the lesion
+    row = map_scores(cam, bits, (0, 0, size), (size, size), cam_size=size, tolerance=0.0, field_of_view=field)
+    assert row["pointing_hit"] is True and row["energy_in_lesions"] == pytest.approx(1.0)
+    stored = np.frombuffer(row["cam"], np.float16).reshape(size, size)
+    assert stored[0, 0] == 0 and stored.max() == pytest.approx(1.0)
+    unrestricted = map_scores(cam, bits, (0, 0, size), (size, size), cam_size=size, tolerance=0.0)
+    assert unrestricted["pointing_hit"] is False  # without a field the corner wins
+    # A uniform map scores exactly the lesion area share: the baseline `lesion_area` stands for.
+    flat = map_scores(np.ones((size, size), np.float32), bits, (0, 0, size), (size, size), cam_size=size,
+                      tolerance=0.0, field_of_view=field)
+    assert flat["energy_in_lesions"] == pytest.approx(flat["lesion_area"])
+
+
+@pytest.mark.timeout(30)
 def test_map_scores_of_an_empty_map_are_null_or_a_miss():
     bits = mask_bits({"he": np.ones((6, 6), bool)}, (6, 6))
     row = map_scores(np.zeros((6, 6), np.float32), bits, (0, 0, 6), (6, 6), cam_size=3, tolerance=0.5)
@@ -545,14 +570,19 @@ def test_explain_runs_the_model_randomisation_check(ray_session, fundus_run, tmp
     from drray.explain.pipeline import explain
 
     out = tmp_path / "sanity"
-    cam = CamConfig(batch_size=4, cam_size=8, overlay_size=16, sanity_images=4)
+    cam = CamConfig(batch_size=4, cam_size=8, overlay_size=16, sanity_images=4, sanity_draws=2)
     result = explain(fundus_run["manifest"], fundus_run["model"], out, methods=["gradcam"], cam=cam)
     assert result.sanity is not None and result.sanity.images == 4
     table = pa.parquet.read_table(out / "randomisation.parquet").to_pandas()
     assert set(table["cascade"]) == set(range(len(result.sanity.steps)))
     trained = table[table["cascade"] == 0]
     assert np.allclose(trained["rank_corr"], 1.0) and (trained["reinitialised"] == "").all()
+    assert set(trained["draw"]) == {0} and len(trained) == 4
     deepest = table[table["cascade"] == table["cascade"].max()]
     assert deepest["rank_corr"].mean() < 0.9
+    # Each re-initialised step drawn twice, with different weights: the two draws' maps differ.
+    assert set(deepest["draw"]) == {0, 1} and len(deepest) == 8
+    by_draw = deepest.sort_values("image_id").groupby("draw")["rank_corr"].apply(list)
+    assert by_draw[0] != by_draw[1]
     assert "randomisation check on 4 images" in result.summary()
     assert explain(fundus_run["manifest"], fundus_run["model"], out, methods=["gradcam"], cam=cam).sanity is None

@@ -320,6 +320,23 @@ def test_app_args_say_what_is_wrong():
     assert fixed["user_config"]["max_batch_size"] == 8
 
 
+def test_the_model_cards_chosen_method_is_served_first(tmp_path):
+    """Layer selection's method (the card's cam_method) becomes the API's and the page's default."""
+    from drray.serve.app import with_chosen_method
+    from drray.serve.args import AppArgs
+
+    support.make_model_dir(tmp_path / "model")
+    args = AppArgs(model_dir=str(tmp_path / "model"), methods=["gradcam", "gradcam++"])
+    assert with_chosen_method(args).methods == ["gradcam", "gradcam++"]  # no choice recorded: as configured
+    card = json.loads((tmp_path / "model" / "model.json").read_text())
+    (tmp_path / "model" / "model.json").write_text(json.dumps({**card, "cam_method": "xgradcam"}))
+    assert with_chosen_method(args).methods == ["xgradcam", "gradcam", "gradcam++"]
+    (tmp_path / "model" / "model.json").write_text(json.dumps({**card, "cam_method": "gradcam++"}))
+    assert with_chosen_method(args).methods == ["gradcam++", "gradcam"]
+    missing = AppArgs(model_dir=str(tmp_path / "nowhere"))
+    assert with_chosen_method(missing).methods == missing.methods  # the replica reports the missing dir
+
+
 def test_importing_the_app_imports_no_torch_or_gradio():
     code = ("import sys, drray.serve, drray.serve.app, drray.serve.run; "
             "heavy = [m for m in ('torch', 'gradio', 'timm') if m in sys.modules]; assert not heavy, heavy")

@@ -256,3 +256,67 @@ def test_pure_reshape_functions():
     with pytest.raises(ValueError, match="not a square"):
         token_grid(12, (10, 10))
     assert nhwc_to_nchw(torch.zeros(1, 4, 5, 6)).shape == (1, 6, 4, 5)
+
+
+@pytest.mark.timeout(30)
+def test_fused_targets_resolve_finest_first_and_say_what_is_wrong(caplog):
+    from drray.cam.target_layers import resolve_target_layers
+    from drray.models.model import create_model
+
+    model = create_model("test_resnet", head="ordinal", image_size=64)
+    fused = resolve_target_layers(model, "layer3+backbone.layer2")
+    assert [(t.name, t.stride) for t in fused] == [("backbone.layer2", 8), ("backbone.layer3", 16)]
+    assert [t.name for t in resolve_target_layers(model, stride=16)] == ["backbone.layer3"]  # one layer: as before
+    with caplog.at_level(logging.WARNING, logger="drray.cam.target_layers"):
+        resolve_target_layers(model, "layer2+layer3", stride=32)
+    assert "target stride 32 is ignored" in caplog.text
+    for bad in ("layer2+layer2", "layer2+", "layer2+backbone.layer2"):
+        with pytest.raises(ValueError, match="must name different layers"):
+            resolve_target_layers(model, bad)
+    with pytest.raises(ValueError, match="layer9"):
+        resolve_target_layers(model, "layer2+layer9")
+    model.card.cam_target_layer = "layer2+layer3"  # as layer selection writes it
+    assert [t.name for t in resolve_target_layers(model)] == ["backbone.layer2", "backbone.layer3"]
+    card = pin_target_layer(model)
+    assert (card.cam_target_layer, card.cam_target_stride) == ("layer2+layer3", 8)
+    with pytest.raises(ValueError, match="cam_target_layer 'layer9'"):
+        create_model("test_resnet", image_size=64, cam_target_layer="layer2+layer9")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", ["test_resnet", "test_efficientnet", "test_convnext"])
+def test_a_fused_map_is_the_geometric_mean_of_its_layers_maps_from_one_pass(name):
+    """Fusing costs no extra pass and equals what two single-layer engines give, multiplied."""
+    from drray.cam import CamEngine
+    from drray.cam.maps import fuse_maps
+    from drray.models.model import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, head="ordinal", image_size=SIZE).eval()
+    table = stride_layers(model.backbone, SIZE)
+    pair = f"{table[8][0]}+{table[16][0]}"
+    x = torch.randn(2, 3, SIZE, SIZE)
+    calls = {"n": 0}
+    model.backbone.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    fused = CamEngine(model, "gradcam", target_layer=pair)
+    assert fused.target_stride == 8 and len(fused.target_layers) == 2
+    out = fused(x, methods=["gradcam", "eigencam"])
+    assert calls["n"] == 1  # one forward for both layers and both methods
+    singles = {s: CamEngine(model, "gradcam", target_stride=s)(x, methods=["gradcam", "eigencam"]) for s in (8, 16)}
+    for m in ("gradcam", "eigencam"):
+        expected = fuse_maps([singles[8]["cams_by_method"][m], singles[16]["cams_by_method"][m]])
+        torch.testing.assert_close(out["cams_by_method"][m], expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out["probs"], singles[8]["probs"])
+
+
+@pytest.mark.timeout(30)
+def test_fuse_maps_keeps_agreement_and_scale():
+    from drray.cam.maps import fuse_maps
+
+    a = torch.tensor([[[0.0, 0.5], [1.0, 0.25]]])
+    torch.testing.assert_close(fuse_maps([a, a]), a / a.amax() + 0 * a, atol=1e-6, rtol=0)  # a map with itself
+    b = torch.tensor([[[1.0, 1.0], [0.0, 1.0]]])
+    fused = fuse_maps([a, b])
+    assert fused[0, 1, 0] == 0  # where one layer sees nothing, the fused map shows nothing
+    assert fused[0].argmax() == 1 and fused.max() == pytest.approx(1.0)
+    assert fuse_maps([a]) is a

@@ -12,8 +12,12 @@ below the target layer and computes no parameter gradients; both are restored af
 maps are computed in float32 on the model's device (also from bf16 autocast activations),
 normalised per image and upsampled in one batched interpolation.
 
+A fused target (`target_layer="layer2+layer3"`, drray.cam.target_layers) captures every named
+layer in that same forward and backward pass and multiplies their maps (drray.cam.maps.fuse_maps):
+no extra pass, so the cost is that of its lowest layer alone.
+
 Zoo methods run through pytorch-grad-cam (drray.cam.zoo) after that same forward, which still
-supplies the predictions and the grades to explain.
+supplies the predictions and the grades to explain; they use the finest layer of a fused target.
 
 Hooks live only during a call and are removed in a `finally`; an engine is not thread-safe
 (it toggles the model's parameters and train/eval state for the duration of a call).
@@ -27,11 +31,11 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from drray.cam.maps import normalise_maps, upsample_maps
+from drray.cam.maps import fuse_maps, normalise_maps, upsample_maps
 from drray.cam.methods import CamMethod, get_method
 from drray.cam.targets import RowTarget, Target, parse_target, probs_and_preds, target_scores
 from drray.cam.zoo import run_zoo_method
-from drray.cam.target_layers import module_name, resolve_target_layer
+from drray.cam.target_layers import fused_name, module_name, resolve_target_layers
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -74,9 +78,11 @@ class CamEngine:
     model: a drray model (`grade_probs`, `predict`, `head`) or any module whose outputs are
         classification logits (softmax for probabilities, argmax for the prediction).
     method: a name from CAM_METHODS (case, '-' and '_' ignored).
-    target_layer: a module of `model`, its dotted name, or None to choose it by stride.
+    target_layer: a module of `model`, its dotted name, several names joined by "+" (a fused target:
+        the layers' maps multiplied), or None to choose it by stride.
     target_stride: output stride of the layer when target_layer is None: 8, 16 or 32, or None for
-        a drray model card's layer or stride, else drray.cam.target_layers.DEFAULT_TARGET_STRIDE.
+        a drray model card's layer or stride, else the default: strides 8 and 16 fused where the
+        model has both (drray.cam.target_layers.DEFAULT_FUSED_STRIDES), else stride 8.
         A named layer wins over a stride; a stride the model lacks is a ValueError (see
         drray.cam.target_layers for transformers, which have one token grid).
     target: what the maps explain by default (drray.cam.targets): "pred", a grade 0-4,
@@ -104,12 +110,15 @@ class CamEngine:
             target_layer = module_name(model, target_layer)
         elif target_layer is not None and not isinstance(target_layer, str):
             raise TypeError(f"target_layer must be a module, a dotted name or None, got {type(target_layer).__name__}")
-        resolved = resolve_target_layer(model, target_layer, stride=target_stride)
-        self.target_layer: nn.Module = resolved.layer
-        self.target_layer_name: str = resolved.name
-        self.target_stride: int | None = resolved.stride
-        """Output stride of the target layer's map (8: a 24 x 24 map at 192 px); None when not known."""
-        self.reshape_transform = reshape_transform if reshape_transform is not None else resolved.reshape
+        resolved = resolve_target_layers(model, target_layer, stride=target_stride)
+        self.target_layers: list[nn.Module] = [r.layer for r in resolved]
+        """Every layer the maps use: one, or several for a fused target (finest first)."""
+        self.target_layer: nn.Module = resolved[0].layer
+        self.target_layer_name: str = fused_name([r.name for r in resolved])
+        self.target_stride: int | None = resolved[0].stride
+        """Output stride of the (finest) target layer's map (8: a 32 x 32 map at 256 px); None when not known."""
+        self._reshapes = [reshape_transform if reshape_transform is not None else r.reshape for r in resolved]
+        self.reshape_transform = self._reshapes[0]
         self.target: Target = parse_target(target)
         self.autocast_dtype = autocast_dtype
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -167,7 +176,9 @@ class CamEngine:
                 batch, tgt, capture=bool(fast), with_grads=any(m.uses_gradients for m in fast))
         maps: dict[str, torch.Tensor] = {}
         for m in fast:
-            maps[m.name] = upsample_maps(normalise_maps(m.formula(acts, grads)), size).cpu()
+            layer_maps = [upsample_maps(normalise_maps(m.formula(a, g)), size)
+                          for a, g in zip(acts, grads if grads is not None else [None] * len(acts))]
+            maps[m.name] = fuse_maps(layer_maps).cpu()
         for m in chosen:
             if not m.fast:
                 maps[m.name] = upsample_maps(self._zoo(m, batch, tgt, grades), size)
@@ -197,24 +208,31 @@ class CamEngine:
         return stack
 
     def _forward(self, batch: torch.Tensor, target: Target, capture: bool, with_grads: bool):
-        """One forward (and, for gradient methods, one backward down to the target layer only)."""
-        store: dict[str, torch.Tensor] = {}
+        """One forward (and, for gradient methods, one backward down to the lowest target layer only)."""
+        store: dict[int, torch.Tensor] = {}
 
-        def hook(_module, _inputs, output):
-            if not isinstance(output, torch.Tensor):
-                raise TypeError(f"target layer {self.target_layer_name!r} returns {type(output).__name__}, "
-                                "not a tensor; choose a layer whose output is a feature map")
-            leaf = output.detach()
-            if with_grads:
-                leaf.requires_grad_()
-            store["acts"] = leaf
-            # The layers above get a copy: an in-place op there (x += shortcut) must not touch the
-            # stored activations, nor a leaf that requires grad (autograd forbids it).
-            return leaf.clone()
+        def hook_for(k: int):
+            def hook(_module, _inputs, output):
+                if not isinstance(output, torch.Tensor):
+                    raise TypeError(f"target layer {self.target_layer_name!r} returns {type(output).__name__}, "
+                                    "not a tensor; choose a layer whose output is a feature map")
+                if store:  # a fused target's upper layer: in the graph above the first one
+                    store[k] = output
+                    return output.clone()
+                # The first target layer to run: autograd starts here, so nothing below it is recorded.
+                leaf = output.detach()
+                if with_grads:
+                    leaf.requires_grad_()
+                store[k] = leaf
+                # The layers above get a copy: an in-place op there (x += shortcut) must not touch the
+                # stored activations, nor a leaf that requires grad (autograd forbids it).
+                return leaf.clone()
 
-        handle = self.target_layer.register_forward_hook(hook) if capture else None
-        if handle is not None:
-            self._handles.append(handle)
+            return hook
+
+        handles = [layer.register_forward_hook(hook_for(k)) for k, layer in enumerate(self.target_layers)] \
+            if capture else []
+        self._handles.extend(handles)
         try:
             with self._grad_mode(with_grads):
                 with self._autocast():
@@ -225,31 +243,35 @@ class CamEngine:
                 outputs = raw.float()
                 probs, preds = probs_and_preds(self.model, outputs)
                 scores, grades = target_scores(self.model, outputs, probs, preds, target)
-                if capture and "acts" not in store:
+                if capture and len(store) < len(self.target_layers):
                     raise RuntimeError(f"target layer {self.target_layer_name!r} did not run in the forward pass")
-                grads = self._gradients(scores, store["acts"]) if with_grads else None
+                captured = [store[k] for k in range(len(self.target_layers))] if capture else []
+                grads = self._gradients(scores, captured) if with_grads else None
         finally:
-            if handle is not None:
+            for handle in handles:
                 handle.remove()
                 self._handles.remove(handle)
-        acts = self._as_map(store["acts"]) if capture else None
-        grads = self._as_map(grads) if grads is not None else None
+        acts = [self._as_map(a, k) for k, a in enumerate(captured)] if capture else None
+        grads = [self._as_map(g, k) for k, g in enumerate(grads)] if grads is not None else None
         return outputs.detach(), probs.detach().float(), preds, grades, acts, grads
 
-    def _gradients(self, scores: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
+    def _gradients(self, scores: torch.Tensor, acts: list[torch.Tensor]) -> list[torch.Tensor]:
         if not scores.requires_grad:
             raise RuntimeError(f"the target scores do not depend on layer {self.target_layer_name!r}; "
                                "choose a layer on the path to the model's outputs")
         # Images are independent (eval mode), so the gradient of the batch sum is each image's own.
-        (grads,) = torch.autograd.grad(scores.sum(), acts, allow_unused=True)
-        if grads is None:
-            raise RuntimeError(f"the target scores do not depend on layer {self.target_layer_name!r}")
-        return grads
+        # A fused target's layers share this one backward pass: the upper ones lie on its way down.
+        grads = torch.autograd.grad(scores.sum(), acts, allow_unused=True)
+        if any(g is None for g in grads):
+            raise RuntimeError(f"the target scores do not depend on every layer of {self.target_layer_name!r}; "
+                               "fused layers must lie one above the other on the path to the outputs")
+        return list(grads)
 
-    def _as_map(self, x: torch.Tensor) -> torch.Tensor:
-        """The layer's output (or its gradient) as a float32 (B, C, h, w) map."""
-        if self.reshape_transform is not None:
-            x = self.reshape_transform(x)
+    def _as_map(self, x: torch.Tensor, k: int = 0) -> torch.Tensor:
+        """Target layer k's output (or its gradient) as a float32 (B, C, h, w) map."""
+        reshape = self._reshapes[k]
+        if reshape is not None:
+            x = reshape(x)
         if x.ndim != 4:
             raise ValueError(f"target layer {self.target_layer_name!r} gives {tuple(x.shape)} activations, not "
                              "(B, C, h, w); pass a reshape_transform (drray.cam.target_layers has the common ones)")

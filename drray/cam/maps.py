@@ -34,3 +34,17 @@ def upsample_maps(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     resized = F.interpolate(cams[:, None], size=tuple(size), mode="bilinear", align_corners=False,
                             antialias=shrink)[:, 0]
     return _rescale_(resized)
+
+
+def fuse_maps(maps: list[torch.Tensor]) -> torch.Tensor:
+    """One map from the maps of several layers, each (B, H, W) in [0, 1]: their geometric mean, rescaled to [0, 1].
+
+    A location stands out only where every layer's map does: a fine layer places small lesions
+    precisely, a coarser one, with more of the network above it, says which of its hot spots the
+    grade rests on. The geometric mean keeps a map's scale (fusing a map with itself returns it),
+    so fused and single-layer maps are scored on the same footing. One map is returned as it is.
+    """
+    if len(maps) == 1:
+        return maps[0]
+    fused = torch.stack(maps).clamp_min(0).prod(dim=0).pow(1.0 / len(maps))
+    return _rescale_(fused)

@@ -77,7 +77,8 @@ class Decoded:
     colour: np.ndarray | None = None  # (S, S, 3) uint8: the crop before Ben Graham, for overlays
 
 
-def _field(prep: Prepared) -> dict[str, float]:
+def field_columns(prep: Prepared) -> dict[str, float]:
+    """The fundus circle on the prepared grid (fov_cy, fov_cx, fov_r; all 0 when none was found)."""
     from drray.data.preprocess import circle_in_box
 
     if not prep.circle.found:
@@ -153,7 +154,7 @@ def decode_record(
         )
     geometry = dict(
         box_y0=prep.box.y0, box_x0=prep.box.x0, box_side=prep.box.side,
-        orig_h=orig_h, orig_w=orig_w, quality_ok=bool(prep.quality_ok), **_field(prep),
+        orig_h=orig_h, orig_w=orig_w, quality_ok=bool(prep.quality_ok), **field_columns(prep),
     )
     bits = None
     if mask_paths is not None:

@@ -122,6 +122,7 @@ def randomisation_summary(rand: pd.DataFrame) -> dict[str, Any] | None:
             "cascade": int(c),
             "reinitialised": str(names.iloc[0]) if len(names) else "",
             "images": int(sub["image_id"].nunique()),
+            "draws": int(sub["draw"].nunique()) if "draw" in sub else 1,
             **hit_rate(les["pointing_hit"].to_numpy(dtype=bool)),
             "chance_hit": _f(np.nanmean(chance)) if np.isfinite(chance).any() else None,
             **mean_stat(_floats(les, "energy_in_lesions"), "energy_in_lesions"),

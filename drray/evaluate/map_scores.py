@@ -37,6 +37,21 @@ def disc_mask(cy: float, cx: float, r: float, size: int) -> np.ndarray | None:
     return (xx - float(cx)) ** 2 + (yy - float(cy)) ** 2 <= float(r) * float(r)
 
 
+def within_field(cam: np.ndarray, field_of_view: np.ndarray | None) -> np.ndarray:
+    """The map restricted to the fundus: zero outside the field of view, rescaled to a maximum of 1.
+
+    A peak or map mass in the black border around the fundus points at nothing a grader could see;
+    the chance baselines (`chance_hit`, `lesion_area`) are taken inside the field too, so scores of
+    the restricted map compare with them like for like (a uniform map then scores exactly the lesion
+    area share). Unchanged without a field (no fundus found).
+    """
+    if field_of_view is None or not field_of_view.any():
+        return cam
+    inside = np.where(field_of_view, cam, 0.0).astype(np.float32, copy=False)
+    top = float(inside.max())
+    return inside / top if top > 0 else inside
+
+
 def decode_map(blob: bytes, h: int, w: int) -> np.ndarray:
     """The `cam` column of a row back to an (h, w) float32 map (inverse of what map_scores stores)."""
     return np.frombuffer(blob, dtype=np.float16).reshape(int(h), int(w)).astype(np.float32)
@@ -58,9 +73,10 @@ def map_scores(
     box: the crop box (y0, x0, side) in original pixels, from the decode step.
     orig_shape: (H, W) of the original photograph.
     tolerance: pointing-game tolerance as a share of S.
-    field_of_view: (S, S) bool, the fundus on the same grid; with masks it gives `lesion_area` (lesion
-    pixels / field pixels) and `chance_hit` (the exact share of the field within the tolerance of a
-    lesion pixel: what a peak dropped at random in the fundus scores).
+    field_of_view: (S, S) bool, the fundus on the same grid: the map is scored (and stored) inside it
+    (`within_field`), and with masks it gives `lesion_area` (lesion pixels / field pixels) and
+    `chance_hit` (the exact share of the field within the tolerance of a lesion pixel: what a peak
+    dropped at random in the fundus scores).
     Lesion scores are null where the image has no pixel of that type (no mask, or an empty one):
     there is nothing to point at, and a share of 0 would only restate the absence.
     """
@@ -68,6 +84,7 @@ def map_scores(
     from drray.data.preprocess import CropBox, box_to_image_coords
 
     side = cam.shape[0]
+    cam = within_field(cam, field_of_view)
     small = shrink_map(cam, cam_size)
     p = peak(cam)
     if p is None or box[2] <= 0:

@@ -79,7 +79,7 @@ def buckets_png(buckets: dict[str, dict[str, Any]], names: dict[str, str], min_n
             continue
         lo, hi = s["hit_rate_ci_low"], s["hit_rate_ci_high"]
         ax.bar(i, s["hit_rate"], width=0.6, color="C0", alpha=0.8)
-        ax.errorbar(i, s["hit_rate"], yerr=[[s["hit_rate"] - lo], [hi - s["hit_rate"]]], c="k", capsize=4)
+        ax.errorbar(i, s["hit_rate"], yerr=_bar(s["hit_rate"], lo, hi), c="k", capsize=4)
         if s["chance_hit"] is not None:
             ax.hlines(s["chance_hit"], i - 0.35, i + 0.35, colors="C3", linestyles="--")
         ax.text(i, min(hi + 0.03, 0.97), f"n={s['n']}", ha="center", fontsize=8)
@@ -88,6 +88,11 @@ def buckets_png(buckets: dict[str, dict[str, Any]], names: dict[str, str], min_n
     ax.set(ylim=(0, 1.05), ylabel="peak on a lesion", title="Pointing game by error")
     ax.legend(loc="upper right", fontsize=8)
     return _png(fig)
+
+
+def _bar(value: float, low: float, high: float) -> list[list[float]]:
+    """matplotlib's yerr for an interval around `value` (never negative, which it refuses)."""
+    return [[max(0.0, value - low)], [max(0.0, high - value)]]
 
 
 def concentration_png(by_grade: dict[str, dict[str, Any]], min_n: int) -> bytes:
@@ -101,7 +106,7 @@ def concentration_png(by_grade: dict[str, dict[str, Any]], min_n: int) -> bytes:
                     color="0.4", transform=ax.get_xaxis_transform())
             continue
         m, lo, hi = s["cam_entropy"], s["cam_entropy_ci_low"], s["cam_entropy_ci_high"]
-        ax.errorbar(g, m, yerr=None if lo is None else [[m - lo], [hi - m]], fmt="o", c="C0", capsize=4)
+        ax.errorbar(g, m, yerr=None if lo is None else _bar(m, lo, hi), fmt="o", c="C0", capsize=4)
     ax.set_xticks(list(GRADES))
     ax.set_xlim(-0.5, len(GRADES) - 0.5)
     ax.set(xlabel="true grade", ylabel="normalised entropy (1 = flat)", title="How diffuse the maps are")

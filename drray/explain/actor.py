@@ -144,6 +144,7 @@ class Explainer:
 
     def _add_rows(self, batch: dict[str, np.ndarray], i: int, j: int, out: Any, rows: _Rows) -> None:
         from drray.cam.overlay import blend, encode_png
+        from drray.evaluate.map_scores import within_field
 
         base = {
             **_image_fields(batch, i),
@@ -158,12 +159,12 @@ class Explainer:
         bits = batch["masks"][i] if "masks" in batch else None
         box = (int(batch["box_y0"][i]), int(batch["box_x0"][i]), int(batch["box_side"][i]))
         shape = (int(batch["orig_h"][i]), int(batch["orig_w"][i]))
-        fov = _field_of_view(batch, i, batch["image"].shape[1]) if bits is not None else None
+        fov = _field_of_view(batch, i, batch["image"].shape[1])
         # The overlay goes on the colour photograph (cropped to the fundus) where the decode step kept one.
         photo = batch["photo"][i] if "photo" in batch else batch["image"][i]
         for m, maps in out.maps.items():
             try:
-                cam = maps[j]
+                cam = within_field(maps[j], fov)  # what the row stores is what the overlay shows
                 extra = {k: finite_or_none(v[j]) for k, v in out.faithfulness.get(m, {}).items()}
                 rows.add({
                     **base,

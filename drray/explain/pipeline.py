@@ -36,7 +36,6 @@ from drray import storage
 from drray.config import CamConfig
 from drray.data.images import DEFAULT_MAX_PIXELS
 from drray.rundir import RunDir
-from drray.schema import MASK_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -143,20 +142,6 @@ def plan_work(
     return groups, skipped_done, skipped_failed
 
 
-def _absolute_paths(df: pd.DataFrame, manifest: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
-    """Resolve paths relative to the manifest's folder: the filtered frame no longer knows it."""
-    from drray.data.dataset import manifest_base_dir, resolve_path
-
-    base = manifest_base_dir(manifest)
-    if base is None:
-        return df
-    df = df.copy()
-    for col in ("path", *MASK_COLUMNS):
-        if col in df.columns:
-            df[col] = [resolve_path(p, base) if isinstance(p, str) and p else p for p in df[col]]
-    return df
-
-
 def explain(
     manifest: str | os.PathLike | pd.DataFrame,
     model_dir: str | os.PathLike,
@@ -171,7 +156,8 @@ def explain(
 ) -> ExplainResult:
     """Predict, explain and score every image of `manifest` with the model in `model_dir`, into `out`.
 
-    methods: CAM methods (`drray.CAM_METHODS`); None takes `cam.methods`; () predicts only.
+    methods: CAM methods (`drray.CAM_METHODS`); None takes `cam.methods`, else the model card's chosen
+        method, else gradcam; () predicts only.
     cam: maps, actors and resources (`CamConfig`).
     split: one split or a list of splits of the manifest; None explains every image.
     max_pixels: images above this many pixels become `image_too_large` errors (data.max_image_pixels).
@@ -187,16 +173,18 @@ def explain(
     from drray.data.dataset import build_dataset, load_manifest
     from drray.explain.actor import Explainer
     from drray.explain.progress import ExplainProgress
+    from drray.explain.sample import absolute_paths
+    from drray.inference import default_methods
     from drray.explain.sink import ExplanationSink, remove_empty_dir
     from drray.models.model import read_model_files
     from drray.storage import filesystem
 
     cam = cam or CamConfig()
-    methods = [get_method(m).name for m in (cam.methods if methods is None else methods)]
-    if len(set(methods)) != len(methods):
-        raise ValueError(f"CAM methods repeat: {methods}")
     files = read_model_files(model_dir)
     card = files.read_card()  # the driver never builds the network
+    methods = [get_method(m).name for m in default_methods(card, cam.methods if methods is None else methods)]
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"CAM methods repeat: {methods}")
     run = RunDir(out)
     fs, _ = filesystem(out)
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
@@ -219,7 +207,7 @@ def explain(
     prep = card.preprocess_config()
     for k, (todo_methods, rows) in enumerate(groups.items()):
         log.info("explaining %d images with %s", len(rows), ", ".join(todo_methods) or "predictions only")
-        ds = build_dataset(_absolute_paths(rows, manifest), prep, with_masks=True, max_pixels=max_pixels,
+        ds = build_dataset(absolute_paths(rows, manifest), prep, with_masks=True, max_pixels=max_pixels,
                            batch_size=cam.batch_size, num_cpus=decode_cpus, photo_size=cam.overlay_size)
         gpus = {"num_gpus": cam.gpus_per_actor} if cam.gpus_per_actor > 0 else {}
         ds = ds.map_batches(
@@ -246,7 +234,7 @@ def explain(
     if cam.sanity_images and methods and (result.rows_written or not storage.is_file(run.randomisation)):
         from drray.explain.randomisation import randomisation_check
 
-        result.sanity = randomisation_check(_absolute_paths(df, manifest), files, out, methods=methods, cam=cam,
+        result.sanity = randomisation_check(absolute_paths(df, manifest), files, out, methods=methods, cam=cam,
                                             max_pixels=max_pixels)
     result.seconds = time.perf_counter() - start
     log.info("explain run %s done: %d rows, %d errors in %.1f s", run_id, result.rows_written,

@@ -2,7 +2,10 @@
 
 A sample of the explained images (lesion images first, where the manifest has masks) is explained
 again by copies of the model whose top blocks are re-initialised, cascading from the head down to
-the first stage (drray.cam.sanity). Per image, method and step it stores the rank correlation of
+the first stage (drray.cam.sanity), each step drawn `cam.sanity_draws` times with different seeds:
+one random network is one fixed function whose maps peak wherever its weights happen to favour (on
+the demo model a single fully random copy scored anywhere from 0.00 to 0.09 against a chance of
+0.09, seed to seed), so only the mean over draws estimates what random weights score. Per image, method and step it stores the rank correlation of
 the copy's map with the trained model's, and the copy's pointing hit, chance rate and energy in
 lesions: maps that explain the model fall away from the trained ones as the cascade deepens, and
 with every block random their hit rate falls to chance. `drray evaluate` reports it beside the
@@ -25,11 +28,9 @@ import pyarrow as pa
 
 from drray.config import CamConfig
 from drray.data.images import DEFAULT_MAX_PIXELS
-from drray.schema import LESION_TYPES, MASK_COLUMNS, RANDOMISATION_SCHEMA
+from drray.schema import RANDOMISATION_SCHEMA
 
 log = logging.getLogger(__name__)
-
-LESION_MASK_COLUMNS = tuple(f"mask_{t}" for t in LESION_TYPES)
 
 
 @dataclass
@@ -42,23 +43,15 @@ class SanityResult:
     mean_rank_corr: dict[str, float]
 
 
-def sample_rows(manifest: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
-    """Up to n rows, images with a lesion mask first (the pointing game needs lesions), drawn with `seed`."""
-    masks = [c for c in LESION_MASK_COLUMNS if c in manifest.columns]
-    has = manifest[masks].notna().any(axis=1) if masks else pd.Series(False, index=manifest.index)
-    ordered = pd.concat([manifest[has].sample(frac=1, random_state=seed), manifest[~has].sample(frac=1, random_state=seed)])
-    return ordered.head(n).reset_index(drop=True)
-
-
 def randomisation_check(manifest: pd.DataFrame, model_dir, out: str | os.PathLike, *, methods: Sequence[str],
                         cam: CamConfig, max_pixels: int = DEFAULT_MAX_PIXELS, seed: int = 0) -> SanityResult | None:
     """Explain a sample of `manifest` (paths already absolute) with the trained model and its cascade of
     re-initialised copies; write OUT/randomisation.parquet. None when there is nothing to check."""
     from drray import storage
     from drray.cam.sanity import cascade_blocks, randomised_copy
-    from drray.data.dataset import decode_record
+    from drray.explain.sample import decode_sample, sample_rows
     from drray.evaluate.localisation import rank_correlation
-    from drray.evaluate.map_scores import disc_mask
+    from drray.evaluate.map_scores import within_field
     from drray.inference import Predictor
     from drray.models.model import load_model
     from drray.rundir import RunDir
@@ -67,35 +60,28 @@ def randomisation_check(manifest: pd.DataFrame, model_dir, out: str | os.PathLik
     if rows.empty or not methods:
         return None
     trained = load_model(model_dir)
-    prep = trained.card.preprocess_config()
-    decoded, kept = [], []
-    for _, r in rows.iterrows():
-        masks = {c[len("mask_"):]: r[c] for c in MASK_COLUMNS if c in rows.columns and isinstance(r[c], str)}
-        d = decode_record(r["path"], prep, masks, max_pixels)
-        if not d.error_reason:
-            decoded.append(d)
-            kept.append(r)
-    if not decoded:
+    sample = decode_sample(rows, trained.card.preprocess_config(), max_pixels)
+    if not len(sample):
         return None
-    images = np.stack([d.image for d in decoded])
+    fields = [sample.field_of_view(i) for i in range(len(sample))]
     blocks = cascade_blocks(trained)
     steps = [("trained", 0)] + [(label, k) for k, (label, _) in enumerate(blocks, start=1)]
+    runs = [(label, k, draw) for label, k in steps for draw in (range(cam.sanity_draws) if k else [0])]
     reference: dict[str, np.ndarray] = {}
     cols: dict[str, list] = {name: [] for name in RANDOMISATION_SCHEMA.names}
-    for label, k in steps:
-        model = trained if k == 0 else randomised_copy(trained, k, seed=seed)
+    for label, k, draw in runs:
+        model = trained if k == 0 else randomised_copy(trained, k, seed=seed + draw)
         predictor = Predictor(model, methods=list(methods), cam=cam, device="cpu", max_pixels=max_pixels)
-        out_k = predictor.explain(images)
+        out_k = predictor.explain(sample.images)
         reinit = ",".join(name for name, _ in blocks[:k])
         for m in methods:
-            maps = out_k.maps[m]
+            # Scored and compared inside the fundus, as the explanation rows are.
+            maps = [within_field(cam, fov) for cam, fov in zip(out_k.maps[m], fields)]
             if k == 0:
                 reference[m] = maps
-            for i, (d, r) in enumerate(zip(decoded, kept)):
-                g = d.geometry
-                fov = disc_mask(g["fov_cy"], g["fov_cx"], g["fov_r"], maps.shape[1]) if g["quality_ok"] else None
-                scores = predictor.score_map(maps[i], d.masks, (g["box_y0"], g["box_x0"], g["box_side"]),
-                                             (g["orig_h"], g["orig_w"]), fov)
+            for i, (d, r) in enumerate(zip(sample.decoded, sample.rows)):
+                box, shape = sample.box(i)
+                scores = predictor.score_map(maps[i], d.masks, box, shape, fields[i])
                 label_value = r["label"]
                 cols["image_id"].append(str(r["image_id"]))
                 cols["dataset"].append(str(r["dataset"]))
@@ -104,18 +90,21 @@ def randomisation_check(manifest: pd.DataFrame, model_dir, out: str | os.PathLik
                 cols["model_id"].append(trained.card.model_id)
                 cols["cam_method"].append(m)
                 cols["cascade"].append(k)
+                cols["draw"].append(draw)
                 cols["reinitialised"].append(reinit)
-                corr = rank_correlation(reference[m][i], maps[i])
+                inside = fields[i] if fields[i] is not None else slice(None)  # the shared zeros outside are no agreement
+                corr = rank_correlation(reference[m][i][inside], maps[i][inside])
                 cols["rank_corr"].append(None if np.isnan(corr) else corr)
                 cols["pointing_hit"].append(scores["pointing_hit"])
                 cols["chance_hit"].append(scores["chance_hit"])
                 cols["energy_in_lesions"].append(scores["energy_in_lesions"])
         predictor.close()
-        log.info("randomisation check: %s done (%d images)", label if k else "trained model", len(decoded))
+        log.info("randomisation check: %s done (draw %d, %d images)", label if k else "trained model", draw,
+                 len(sample))
     table = pa.Table.from_pydict(cols, schema=RANDOMISATION_SCHEMA)
     path = RunDir(out).randomisation
     storage.write_parquet(path, table)
     df = table.to_pandas()
     means = df.groupby("cascade")["rank_corr"].mean()
-    return SanityResult(path, len(decoded), [label for label, _ in steps],
+    return SanityResult(path, len(sample), [label for label, _ in steps],
                         {label: float(means.get(k, np.nan)) for label, k in steps})

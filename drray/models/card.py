@@ -63,6 +63,11 @@ class ModelCard:
     cam_target_stride: int | None = None
     """Output stride (8, 16, 32) of the CAM target layer: the layer's when both are set (what it was
     resolved from), the one to resolve when cam_target_layer is None; None: drray's default stride."""
+    cam_method: str | None = None
+    """The CAM method chosen for this model by measured localisation (drray.explain.select_layer); None:
+    the caller's default (gradcam)."""
+    cam_selection: dict[str, Any] | None = None
+    """How the layer and method were chosen: the split, its lesion images and every candidate's scores."""
     metrics: dict[str, Any] = field(default_factory=dict)
     drray_version: str = ""
     model_id: str = ""
@@ -145,3 +150,22 @@ class ModelCard:
             raise ValueError(
                 f"{p} is not valid JSON ({e}); a model dir's model.json is written by drray.save_model") from e
         return cls.from_dict(raw, source=str(p))
+
+
+def read_card(model_dir: str | Path) -> ModelCard:
+    """The model card of a model dir (local path or URI), without loading weights or torch."""
+    from drray import storage
+
+    path = storage.join(model_dir, CARD_FILE)
+    if not storage.is_file(path):
+        raise FileNotFoundError(f"{str(model_dir)!r} is not a model dir (no {CARD_FILE}); train one with `drray tune`")
+    return parse_card(storage.read_bytes(path), path)
+
+
+def parse_card(data: bytes, source: str) -> ModelCard:
+    """A model card from model.json's bytes; `source` names where they came from in errors."""
+    try:
+        raw = json.loads(data)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{source} is not valid JSON ({e}); a model dir's model.json is written by drray.save_model") from e
+    return ModelCard.from_dict(raw, source=source)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from torch import nn
 
 from drray import storage
 from drray.config import PreprocessConfig
-from drray.models.card import CARD_FILE, HEAD_OUTPUTS, WEIGHTS_FILE, ModelCard, drray_version
+from drray.models.card import CARD_FILE, HEAD_OUTPUTS, WEIGHTS_FILE, ModelCard, drray_version, parse_card, read_card
 from drray.models.ordinal import (
     check_thresholds,
     fit_ordinal_temperature,
@@ -161,9 +160,14 @@ def _classifier_names(backbone: nn.Module) -> tuple[str, ...]:
     return (names,) if isinstance(names, str) else tuple(names)
 
 
-def _check_target_layer(backbone: nn.Module, name: str | None) -> None:
-    if name is None:
-        return
+def _check_target_layer(backbone: nn.Module, names: str | None) -> None:
+    from drray.cam.target_layers import FUSE_SEP
+
+    for name in (names.split(FUSE_SEP) if names else []):  # "layer2+layer3": maps of both layers, fused
+        _check_one_target_layer(backbone, name.strip())
+
+
+def _check_one_target_layer(backbone: nn.Module, name: str) -> None:
     try:
         backbone.get_submodule(name)
     except AttributeError:
@@ -264,7 +268,7 @@ class ModelFiles:
 
     def read_card(self) -> ModelCard:
         """The model card, without building the network."""
-        return _parse_card(self.card, storage.join(self.source, CARD_FILE))
+        return parse_card(self.card, storage.join(self.source, CARD_FILE))
 
 
 def save_model(model: DRModel, out_dir: str | os.PathLike, metrics: dict | None = None) -> Path | str:
@@ -303,22 +307,6 @@ def read_model_files(model_dir: str | os.PathLike) -> ModelFiles:
     return ModelFiles(d, storage.read_bytes(storage.join(d, CARD_FILE)), storage.read_bytes(storage.join(d, WEIGHTS_FILE)))
 
 
-def read_card(model_dir: str | os.PathLike) -> ModelCard:
-    """The model card of a model dir (local path or URI), without loading weights."""
-    path = storage.join(model_dir, CARD_FILE)
-    if not storage.is_file(path):
-        raise FileNotFoundError(f"{str(model_dir)!r} is not a model dir (no {CARD_FILE}); train one with `drray tune`")
-    return _parse_card(storage.read_bytes(path), path)
-
-
-def _parse_card(data: bytes, source: str) -> ModelCard:
-    try:
-        raw = json.loads(data)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{source} is not valid JSON ({e}); a model dir's model.json is written by drray.save_model") from e
-    return ModelCard.from_dict(raw, source=source)
-
-
 def _read_weights(data: bytes, source: str) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load
@@ -336,7 +324,7 @@ def _read_weights(data: bytes, source: str) -> dict[str, torch.Tensor]:
 def load_model(model_dir: str | os.PathLike | ModelFiles, device: str | torch.device = "cpu") -> DRModel:
     """Rebuild a model from a model dir written by `save_model` (local path, URI or `ModelFiles`), in eval mode."""
     files = model_dir if isinstance(model_dir, ModelFiles) else read_model_files(model_dir)
-    card = _parse_card(files.card, storage.join(files.source, CARD_FILE))
+    card = parse_card(files.card, storage.join(files.source, CARD_FILE))
     check_backbone_name(card.timm_name)
     backbone = _build_backbone(card.timm_name, card.num_outputs, False, dict(card.timm_kwargs))
     weights_source = storage.join(files.source, WEIGHTS_FILE)

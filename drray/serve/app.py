@@ -33,10 +33,24 @@ def explainer_options(args: Any) -> dict[str, Any]:
     return options
 
 
+def with_chosen_method(args: AppArgs) -> AppArgs:
+    """The model's chosen CAM method (its card's `cam_method`, from layer selection) first: the default of
+    the API and the page. Unchanged when the card names none or cannot be read here."""
+    from drray.models.card import read_card
+
+    try:
+        chosen = read_card(args.model_dir).cam_method
+    except (OSError, ValueError):  # the replica reports a missing or bad model dir itself
+        return args
+    if not chosen:
+        return args
+    return args.model_copy(update={"methods": [chosen] + [m for m in args.methods if m != chosen]})
+
+
 def build_app(args: AppArgs) -> Application:
     """The application: an Ingress (REST API + page) in front of the Explainer (the model)."""
     if not isinstance(args, AppArgs):
         args = AppArgs.model_validate(dict(args or {}))
-    args = args.resolved()
+    args = with_chosen_method(args.resolved())
     explainer = Explainer.options(**explainer_options(args)).bind(args)
     return Ingress.bind(explainer, args)

@@ -102,6 +102,9 @@ class TuneResult:
     trials_path: str
     experiment_path: str
     seconds: float
+    cam_selection: Any = None
+    """The CAM layer and method chosen on the validation split (drray.explain.select_layer.CamSelection);
+    None where it has no lesion masks or `cam.select_layer` is off."""
 
     @property
     def best(self) -> pd.Series:
@@ -118,6 +121,7 @@ class TuneResult:
             f"best: {b['trial_id']} {b['backbone']} ({b['head']}, {b['image_size']} px, lr {b['lr']:.2g}) "
             f"val QWK {b['best_val_qwk']:.4f} at epoch {b['best_epoch']}",
             f"model dir: {self.model_dir}",
+            *([self.cam_selection.summary()] if self.cam_selection is not None else []),
             f"trials: {self.trials_path}",
             f"experiment: {self.experiment_path} ({self.seconds:.0f}s)",
         ])
@@ -248,4 +252,17 @@ def tune(cfg: Config, out: str | os.PathLike, manifest: str | None = None, conso
     n_err = int((df["status"] == "error").sum())
     if n_err:
         log.warning("%d of %d trials failed; their errors are in %s (column `error`)", n_err, len(df), run.trials)
-    return TuneResult(df, model_dir, run.trials, grid.experiment_path, time.perf_counter() - start)
+    selection = select_layer(cfg, manifest, model_dir) if cfg.cam.select_layer else None
+    return TuneResult(df, model_dir, run.trials, grid.experiment_path, time.perf_counter() - start, selection)
+
+
+def select_layer(cfg: Config, manifest: str, model_dir: str | os.PathLike):
+    """The exported model's CAM layer and method, chosen on `cam.select_split`'s lesion images; None without masks."""
+    from drray.explain.select_layer import NotEnoughMasks, select_cam_target
+
+    try:
+        return select_cam_target(manifest, model_dir, split=cfg.cam.select_split, cam=cfg.cam,
+                                 max_pixels=cfg.data.max_image_pixels, seed=cfg.data.seed)
+    except NotEnoughMasks as e:
+        log.info("CAM layer left at the default stride: %s", e)
+        return None
