@@ -320,3 +320,8 @@ def test_fuse_maps_keeps_agreement_and_scale():
     assert fused[0, 1, 0] == 0  # where one layer sees nothing, the fused map shows nothing
     assert fused[0].argmax() == 1 and fused.max() == pytest.approx(1.0)
     assert fuse_maps([a]) is a
+    empty = torch.zeros_like(a)  # a layer with no positive evidence abstains instead of blanking the map
+    torch.testing.assert_close(fuse_maps([a, empty]), fuse_maps([a]) / a.amax(), atol=1e-6, rtol=0)
+    assert fuse_maps([empty, empty]).abs().max() == 0
+    both = fuse_maps([torch.cat([a, empty]), torch.cat([b, b])])  # per image: image 2 takes b alone
+    torch.testing.assert_close(both[1], b[0], atol=1e-6, rtol=0)

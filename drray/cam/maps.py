@@ -42,9 +42,15 @@ def fuse_maps(maps: list[torch.Tensor]) -> torch.Tensor:
     A location stands out only where every layer's map does: a fine layer places small lesions
     precisely, a coarser one, with more of the network above it, says which of its hot spots the
     grade rests on. The geometric mean keeps a map's scale (fusing a map with itself returns it),
-    so fused and single-layer maps are scored on the same footing. One map is returned as it is.
+    so fused and single-layer maps are scored on the same footing. A layer whose map is empty for
+    an image (no positive evidence anywhere, as Grad-CAM gives when every weighted activation is
+    negative) abstains for that image instead of blanking the others. One map is returned as it is.
     """
     if len(maps) == 1:
         return maps[0]
-    fused = torch.stack(maps).clamp_min(0).prod(dim=0).pow(1.0 / len(maps))
+    stack = torch.stack(maps).clamp_min(0)  # (L, B, H, W)
+    voting = stack.flatten(2).amax(dim=2) > 0  # (L, B): layers with any evidence, per image
+    count = voting.sum(dim=0).to(stack.dtype)  # (B,)
+    product = torch.where(voting[..., None, None], stack, torch.ones_like(stack)).prod(dim=0)
+    fused = product.pow((1.0 / count.clamp_min(1))[:, None, None]) * (count > 0).to(stack.dtype)[:, None, None]
     return _rescale_(fused)

@@ -105,7 +105,8 @@ class CamSelection:
 
     def card_entry(self) -> dict[str, Any]:
         """What model.json records under `cam_selection`."""
-        return {"split": self.split, "images": self.images, "criterion": "pointing_hit_rate (within one standard error: a tie), then lift",
+        return {"split": self.split, "images": self.images,
+                "criterion": "pointing_hit_rate (within one standard error: a tie), then lift",
                 "candidates": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
                                for row in self.table().to_dict("records")]}
 
@@ -136,13 +137,15 @@ def select_cam_target(manifest: str | os.PathLike | pd.DataFrame, model_dir: str
                       split: str | None = "val", methods: Sequence[str] | None = None,
                       strides: Sequence[int] | None = None, cam: CamConfig | None = None, max_images: int = 256,
                       max_pixels: int = DEFAULT_MAX_PIXELS, seed: int = 0, write: bool = True) -> CamSelection:
-    """Score every (stride, method) on the lesion images of `split` and write the best into the model card.
+    """Score every (target layer, method) on the lesion images of `split` and write the best into the model card.
 
     split: the split scored (None: every row). methods: candidate CAM methods (default
     `cam.select_methods`); strides: default every configurable stride (8, 16, 32) the model has.
-    max_images: lesion images used at most (drawn with `seed`). write: rewrite MODEL_DIR/model.json
-    with the choice (the weights are untouched).
-    Raises ValueError when the split has fewer than MIN_IMAGES readable images with lesion masks.
+    Each stride is tried alone and, with `cam.select_fused`, fused with its neighbour. max_images:
+    lesion images used at most (drawn with `seed`). write: rewrite MODEL_DIR/model.json with the
+    choice (the weights are untouched). Runs in this process, on its GPU where it has one.
+    Raises NotEnoughMasks (a ValueError) when the split has fewer than MIN_IMAGES readable images with
+    lesion masks.
     """
     from drray.cam.methods import get_method
     from drray.cam.target_layers import CAM_STRIDES, fused_name, stride_layers
@@ -165,8 +168,8 @@ def select_cam_target(manifest: str | os.PathLike | pd.DataFrame, model_dir: str
                            max_pixels)
     if len(sample) < MIN_IMAGES:
         where = f"split {split!r} of {manifest}" if split else str(manifest)
-        raise NotEnoughMasks(f"{where} has {len(sample)} readable images with lesion masks; "
-                         f"choosing a CAM layer needs at least {MIN_IMAGES} (a dataset with masks: synth, idrid, ddr)")
+        raise NotEnoughMasks(f"{where} has {len(sample)} readable images with lesion masks; choosing a CAM layer "
+                             f"needs at least {MIN_IMAGES} (a dataset with masks: synth, idrid, ddr)")
     available = stride_layers(model.backbone, model.card.input_size)
     if strides is None:  # the configurable strides; a transformer's one token grid
         wanted = [s for s in available if s in CAM_STRIDES] or list(available)[-1:]
@@ -185,8 +188,7 @@ def select_cam_target(manifest: str | os.PathLike | pd.DataFrame, model_dir: str
     fields = [sample.field_of_view(i) for i in range(len(sample))]
     candidates = []
     for target in targets:
-        predictor = Predictor(model, methods=names, cam=dataclasses.replace(cam, **target), device="cpu",
-                              max_pixels=max_pixels)
+        predictor = Predictor(model, methods=names, cam=dataclasses.replace(cam, **target), max_pixels=max_pixels)
         out = _explain_in_batches(predictor, sample.images, cam.batch_size)
         for m in names:
             scores = [predictor.score_map(out[m][i], sample.decoded[i].masks, *sample.box(i), fields[i])
@@ -194,8 +196,7 @@ def select_cam_target(manifest: str | os.PathLike | pd.DataFrame, model_dir: str
             candidates.append(_candidate(predictor.engine.target_stride, predictor.target_layer, m, scores))
         predictor.close()
     selection = CamSelection(split or "all", len(sample), rank(candidates))
-    log.info("CAM layer selection on %d %s images: %s at stride %s (%s), hit rate %.3f",
-             len(sample), split, selection.method, selection.stride, selection.layer, selection.best.hit_rate)
+    log.info("CAM layer selection on %d %s images: %s", len(sample), selection.split, selection.summary())
     if write:
         write_selection(model_dir, selection)
     return selection
