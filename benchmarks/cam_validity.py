@@ -13,12 +13,14 @@ method and score each map against the masks:
 - chance: the mean exact chance hit rate (drray.evaluate.localisation.chance_hit_rate), what a
   peak dropped at random inside the field of view scores;
 - random: the hit rate of the same method on copies with every block re-initialised
-  (drray.cam.sanity), averaged over --draws seeds, with rho the mean Spearman correlation of their
-  maps with the trained ones;
+  (drray.cam.sanity), averaged over --draws seeds, an empty map (no peak) scoring its image's
+  chance rate as in randomisation.parquet's `expected_hit`, with rho the mean Spearman correlation
+  of their maps with the trained ones;
 - cost: time of the CAM call over the forward-only call, same batch, measured interleaved.
 
 Besides each stride alone, each pair of neighbouring strides is scored fused ("8+16": both layers'
-maps from the same pass, multiplied into their geometric mean; drray.cam.maps.fuse_maps).
+maps from the same pass, multiplied into their geometric mean on the finer grid;
+drray.cam.maps.fuse_on_finest_grid).
 
     python benchmarks/cam_validity.py --out /tmp/cam_validity          # ~1000 images, 4 families
     python benchmarks/cam_validity.py --smoke-test                     # tiny sizes, a minute or two
@@ -213,6 +215,7 @@ def score_family(name: str, model, test: Split, baselines: dict[str, np.ndarray]
     from drray.evaluate.localisation import energy_share, pointing_hit, rank_correlation
     from drray.evaluate.map_scores import within_field
     from drray.evaluate.metrics import quadratic_weighted_kappa
+    from drray.explain.randomisation import expected_hit
 
     # One random network is one fixed function: its peaks land wherever its weights favour, so its hit
     # rate swings from seed to seed; the mean over several draws estimates what random weights score.
@@ -247,7 +250,10 @@ def score_family(name: str, model, test: Split, baselines: dict[str, np.ndarray]
                     r_cams = [within_field(r["cams_by_method"][m][j].numpy(), test.fields[k]) for r in r_outs]
                     s = stats[m]
                     s["hit"].append(pointing_hit(cam, test.lesions[k], tol))
-                    s["rhit"].append(np.mean([pointing_hit(r, test.lesions[k], tol) for r in r_cams]))
+                    # A random copy's empty map scores the image's chance rate, as in randomisation.parquet.
+                    s["rhit"].append(np.mean([expected_hit(pointing_hit(r, test.lesions[k], tol),
+                                                           baselines["chance"][k], not (r > 0).any())
+                                              for r in r_cams]))
                     s["energy"].append(energy_share(cam, test.lesions[k]))
                     # Inside the field (the zeros outside would agree), every 4th pixel: the maps are
                     # bilinear upsamplings, the ranks barely change.

@@ -136,12 +136,19 @@ RANDOMISATION_SCHEMA = pa.schema(
         pa.field("reinitialised", pa.string()),  # their module names, top first, comma-separated
         pa.field("draw", pa.int8()),  # which random re-initialisation of that step (seed + draw); 0 for the trained model
         pa.field("rank_corr", pa.float32()),  # Spearman correlation with the trained model's map
-        pa.field("pointing_hit", pa.bool_()),
+        pa.field("pointing_hit", pa.bool_()),  # an empty map (no peak) misses
         pa.field("chance_hit", pa.float32()),
+        pa.field("empty_map", pa.bool_()),  # no positive value in the fundus: the map has no peak
+        pa.field("expected_hit", pa.float32()),  # pointing_hit, or chance_hit for an empty map (see below)
         pa.field("energy_in_lesions", pa.float32()),
     ]
 )
-"""randomisation.parquet: the model-randomisation check (Adebayo et al. 2018) on a sample of lesion images."""
+"""randomisation.parquet: the model-randomisation check (Adebayo et al. 2018) on a sample of lesion images.
+
+`expected_hit` scores a map with no peak as what its peak would score drawn at random in the fundus
+(every pixel of an empty map ties for the maximum): the image's `chance_hit`. Random networks give
+many empty maps (every weighted activation negative); counted as misses they pull a random-weights
+hit rate below chance, which would read as a result when it is only the scoring of "no evidence"."""
 
 TRIALS_SCHEMA = pa.schema(
     [

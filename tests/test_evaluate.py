@@ -143,13 +143,16 @@ def synthetic_randomisation(expl: pa.Table, method: str = "gradcam", n: int = 30
     for r in rows:
         rng = np.random.default_rng(abs(hash(r["image_id"])) % 2**32)
         for c in range(steps + 1):
+            empty = c > 0 and bool(rng.random() < 0.3)  # random weights often leave a map with no peak
+            hit = r["pointing_hit"] if c == 0 else (not empty and bool(rng.random() < r["chance_hit"]))
             out.append(dict(image_id=r["image_id"], dataset=r["dataset"], split=r["split"], label=r["label"],
                             model_id=r["model_id"], cam_method=method, cascade=c, draw=0,
                             reinitialised=",".join(["head", "layer4", "layer3"][:c]),
                             rank_corr=1.0 if c == 0 else float(rng.uniform(-0.1, 0.4) / c),
-                            pointing_hit=r["pointing_hit"] if c == 0 else bool(rng.random() < r["chance_hit"]),
-                            chance_hit=r["chance_hit"],
-                            energy_in_lesions=r["energy_in_lesions"] if c == 0 else r["lesion_area"]))
+                            pointing_hit=hit, chance_hit=r["chance_hit"], empty_map=empty,
+                            expected_hit=r["chance_hit"] if empty else float(hit),
+                            energy_in_lesions=None if empty else (r["energy_in_lesions"] if c == 0
+                                                                  else r["lesion_area"])))
     return pa.Table.from_pylist(out, schema=RANDOMISATION_SCHEMA)
 
 
@@ -261,15 +264,18 @@ def test_explanation_figures_agree_with_duckdb(synthetic_run):
         loc = e["localisation"]
         by_grade = con.execute("""
             select label, count(*), sum(pointing_hit::int), avg(pointing_hit::int), avg(chance_hit),
-                   avg(energy_in_lesions), avg(lesion_area), avg(energy_in_lesions) / avg(lesion_area)
+                   avg(energy_in_lesions), avg(lesion_area), avg(energy_in_lesions) / avg(lesion_area),
+                   median(energy_in_lesions / lesion_area)
             from explanations where cam_method = ? and pointing_hit is not null and label is not null
             group by label order by label""", [method]).fetchall()
         assert [r[0] for r in by_grade] == [1, 2, 3, 4] and loc["by_grade"]["0"]["n"] == 0
-        for grade, n, hits, rate, chance, energy, area, lift in by_grade:
+        for grade, n, hits, rate, chance, energy, area, lift, lift_median in by_grade:
             s = loc["by_grade"][str(grade)]
             assert (s["n"], s["hits"]) == (n, hits)
-            assert (s["hit_rate"], s["chance_hit"], s["energy_in_lesions"], s["lesion_area"], s["energy_lift"]) == \
-                pytest.approx((rate, chance, energy, area, lift), rel=1e-12)
+            assert (s["hit_rate"], s["chance_hit"], s["energy_in_lesions"], s["lesion_area"], s["energy_lift"],
+                    s["energy_lift_median"]) == pytest.approx((rate, chance, energy, area, lift, lift_median),
+                                                              rel=1e-6)
+            assert s["energy_lift_median"] != pytest.approx(s["energy_lift"], rel=1e-3)  # two different figures
             assert (s["hit_rate_ci_low"], s["hit_rate_ci_high"]) == pytest.approx(_wilson(hits, n), abs=1e-12)
         n, rate, sd = con.execute("""select count(*), avg(energy_in_lesions), stddev_samp(energy_in_lesions)
                                      from explanations where cam_method = ? and pointing_hit is not null""",
@@ -316,11 +322,16 @@ def test_randomisation_figures_come_from_randomisation_parquet(synthetic_run):
     run, m = synthetic_run
     r = m["groups"][0]["methods"]["gradcam"]["randomisation"]
     assert m["groups"][0]["methods"]["gradcam++"]["randomisation"] is None  # the check ran on gradcam only
-    rows = _con(run).execute("""select cascade, avg(pointing_hit::int), avg(rank_corr), count(*) from randomisation
+    rows = _con(run).execute("""select cascade, avg(pointing_hit::int), avg(rank_corr), count(*),
+                                       avg(expected_hit), count(*) filter (where empty_map) from randomisation
                                 group by cascade order by cascade""").fetchall()
     assert [s["cascade"] for s in r["cascades"]] == [c for c, *_ in rows]
-    for s, (c, rate, corr, n) in zip(r["cascades"], rows):
+    for s, (c, rate, corr, n, expected, empty) in zip(r["cascades"], rows):
         assert (s["hit_rate"], s["rank_corr"], s["n"]) == pytest.approx((rate, corr, n), rel=1e-12)
+        assert (s["expected_hit_rate"], s["empty_maps"]) == pytest.approx((expected, empty), rel=1e-6)
+    # Empty maps count as misses in hit_rate and at their image's chance in expected_hit_rate.
+    deepest = r["random_weights"]
+    assert deepest["empty_maps"] > 0 and deepest["expected_hit_rate"] > deepest["hit_rate"]
     assert r["random_weights"]["cascade"] == 3 and r["trained"]["rank_corr"] == 1.0
 
 

@@ -584,5 +584,11 @@ def test_explain_runs_the_model_randomisation_check(ray_session, fundus_run, tmp
     assert set(deepest["draw"]) == {0, 1} and len(deepest) == 8
     by_draw = deepest.sort_values("image_id").groupby("draw")["rank_corr"].apply(list)
     assert by_draw[0] != by_draw[1]
+    # A map with no peak scores its image's chance rate in expected_hit, a miss in pointing_hit.
+    les = table[table["pointing_hit"].notna()]
+    empty = les["empty_map"].astype(bool)
+    assert np.allclose(les.loc[empty, "expected_hit"], les.loc[empty, "chance_hit"])
+    assert (les.loc[empty, "pointing_hit"] == False).all()  # noqa: E712
+    assert np.allclose(les.loc[~empty, "expected_hit"], les.loc[~empty, "pointing_hit"].astype(float))
     assert "randomisation check on 4 images" in result.summary()
     assert explain(fundus_run["manifest"], fundus_run["model"], out, methods=["gradcam"], cam=cam).sanity is None

@@ -286,9 +286,9 @@ def test_fused_targets_resolve_finest_first_and_say_what_is_wrong(caplog):
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("name", ["test_resnet", "test_efficientnet", "test_convnext"])
 def test_a_fused_map_is_the_geometric_mean_of_its_layers_maps_from_one_pass(name):
-    """Fusing costs no extra pass and equals what two single-layer engines give, multiplied."""
+    """Fusing costs no extra pass and equals what two single-layer engines give, multiplied on the finer grid."""
     from drray.cam import CamEngine
-    from drray.cam.maps import fuse_maps
+    from drray.cam.maps import fuse_maps, upsample_maps
     from drray.models.model import create_model
 
     torch.manual_seed(0)
@@ -302,9 +302,13 @@ def test_a_fused_map_is_the_geometric_mean_of_its_layers_maps_from_one_pass(name
     assert fused.target_stride == 8 and len(fused.target_layers) == 2
     out = fused(x, methods=["gradcam", "eigencam"])
     assert calls["n"] == 1  # one forward for both layers and both methods
-    singles = {s: CamEngine(model, "gradcam", target_stride=s)(x, methods=["gradcam", "eigencam"]) for s in (8, 16)}
+    # The single layers' maps on the finest layer's grid, multiplied there, then upsampled once.
+    fine = tuple(s // 8 for s in x.shape[-2:])
+    singles = {s: CamEngine(model, "gradcam", target_stride=s)(x, output_size=fine, methods=["gradcam", "eigencam"])
+               for s in (8, 16)}
     for m in ("gradcam", "eigencam"):
-        expected = fuse_maps([singles[8]["cams_by_method"][m], singles[16]["cams_by_method"][m]])
+        expected = upsample_maps(fuse_maps([singles[8]["cams_by_method"][m], singles[16]["cams_by_method"][m]]),
+                                 tuple(x.shape[-2:]))
         torch.testing.assert_close(out["cams_by_method"][m], expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(out["probs"], singles[8]["probs"])
 
@@ -325,3 +329,16 @@ def test_fuse_maps_keeps_agreement_and_scale():
     assert fuse_maps([empty, empty]).abs().max() == 0
     both = fuse_maps([torch.cat([a, empty]), torch.cat([b, b])])  # per image: image 2 takes b alone
     torch.testing.assert_close(both[1], b[0], atol=1e-6, rtol=0)
+
+
+@pytest.mark.timeout(30)
+def test_layers_are_fused_on_the_finest_grid_in_either_order():
+    from drray.cam.maps import fuse_maps, fuse_on_finest_grid, upsample_maps
+
+    torch.manual_seed(0)
+    fine, coarse = torch.rand(2, 8, 8), torch.rand(2, 4, 4)
+    fused = fuse_on_finest_grid([coarse, fine])
+    assert fused.shape == (2, 8, 8)
+    torch.testing.assert_close(fused, fuse_on_finest_grid([fine, coarse]))
+    torch.testing.assert_close(fused, fuse_maps([fine, upsample_maps(coarse, (8, 8))]))
+    assert fuse_on_finest_grid([coarse]) is coarse

@@ -13,8 +13,9 @@ maps are computed in float32 on the model's device (also from bf16 autocast acti
 normalised per image and upsampled in one batched interpolation.
 
 A fused target (`target_layer="layer2+layer3"`, drray.cam.target_layers) captures every named
-layer in that same forward and backward pass and multiplies their maps (drray.cam.maps.fuse_maps):
-no extra pass, so the cost is that of its lowest layer alone.
+layer in that same forward and backward pass and multiplies their maps on the finest layer's grid
+(drray.cam.maps.fuse_on_finest_grid) before the one upsampling to the output size: no extra pass,
+so the cost is that of its lowest layer alone.
 
 Zoo methods run through pytorch-grad-cam (drray.cam.zoo) after that same forward, which still
 supplies the predictions and the grades to explain; they use the finest layer of a fused target.
@@ -31,7 +32,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from drray.cam.maps import fuse_maps, normalise_maps, upsample_maps
+from drray.cam.maps import fuse_on_finest_grid, normalise_maps, upsample_maps
 from drray.cam.methods import CamMethod, get_method
 from drray.cam.targets import RowTarget, Target, parse_target, probs_and_preds, target_scores
 from drray.cam.zoo import run_zoo_method
@@ -176,9 +177,9 @@ class CamEngine:
                 batch, tgt, capture=bool(fast), with_grads=any(m.uses_gradients for m in fast))
         maps: dict[str, torch.Tensor] = {}
         for m in fast:
-            layer_maps = [upsample_maps(normalise_maps(m.formula(a, g)), size)
+            layer_maps = [normalise_maps(m.formula(a, g))
                           for a, g in zip(acts, grads if grads is not None else [None] * len(acts))]
-            maps[m.name] = fuse_maps(layer_maps).cpu()
+            maps[m.name] = upsample_maps(fuse_on_finest_grid(layer_maps), size).cpu()
         for m in chosen:
             if not m.fast:
                 maps[m.name] = upsample_maps(self._zoo(m, batch, tgt, grades), size)

@@ -8,6 +8,7 @@ plain aggregate of table columns, so DuckDB gives the same number:
     energy in lesions   avg(energy_in_lesions)          same rows
       chance baseline   avg(lesion_area)                what a uniform map puts inside the lesions
     energy lift         avg(energy_in_lesions) / avg(lesion_area)   1 = no better than a uniform map
+    median lift         median(energy_in_lesions / lesion_area)     each image's own lift, its median
     per lesion type t   hit rate and avg(energy_t) over rows where energy_t is not null (images holding t);
                         the table has no per-type area, so energy_t has no chance baseline
     optic-disc share    avg(od_energy)                  over rows where od_energy is not null (a shortcut detector)
@@ -62,7 +63,21 @@ def localisation_summary(rows: pd.DataFrame, n_boot: int = 1000, seed: int = 0) 
     out["lesion_area"] = _f(np.nanmean(area)) if np.isfinite(area).any() else None
     lift, lo, hi = bootstrap_ratio_interval(energy, area, n_boot=n_boot, seed=seed)
     out.update({"energy_lift": _f(lift), "energy_lift_ci_low": _f(lo), "energy_lift_ci_high": _f(hi)})
+    out["energy_lift_median"] = median_lift(energy, area)
     return out
+
+
+def median_lift(energy: np.ndarray, area: np.ndarray) -> float | None:
+    """Median over images of each image's energy in lesions / lesion area share; None without a finite one.
+
+    The pooled lift (mean energy / mean area) weighs images by their lesion area: an image of large
+    exudates, whose lift can reach only 1 / area, counts for many of microaneurysms. The median of
+    per-image lifts says what a typical image's map does.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.asarray(energy, dtype=np.float64) / np.asarray(area, dtype=np.float64)
+    ratio = ratio[np.isfinite(ratio)]
+    return _f(np.median(ratio)) if ratio.size else None
 
 
 def lesion_type_summary(rows: pd.DataFrame, lesion: str) -> dict[str, Any]:
@@ -105,11 +120,24 @@ def explanation_metrics(rows: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -
     }
 
 
+def _expected_hits(les: pd.DataFrame) -> dict[str, Any]:
+    """Empty maps and the tie-broken hit rate (randomisation.parquet's `expected_hit`) of one step's lesion rows.
+
+    Tables written before those columns existed give neither (None)."""
+    if "expected_hit" not in les or "empty_map" not in les:
+        return {"empty_maps": None, "expected_hit_rate": None}
+    exp = _floats(les, "expected_hit")
+    return {"empty_maps": int(les["empty_map"].fillna(False).astype(bool).sum()),
+            "expected_hit_rate": _f(np.nanmean(exp)) if np.isfinite(exp).any() else None}
+
+
 def randomisation_summary(rand: pd.DataFrame) -> dict[str, Any] | None:
     """The model-randomisation check of one group: per cascade step, hit rate vs chance and rank correlation.
 
     `random_weights` is the step with the most blocks re-initialised (the whole network, where the
     check ran to the end): a map that still "hits" there shows the image, not what the model learned.
+    `expected_hit_rate` scores empty maps at their image's chance rate (randomisation.parquet's
+    `expected_hit`); `hit_rate` counts them as misses.
     """
     if rand is None or rand.empty:
         return None
@@ -125,6 +153,7 @@ def randomisation_summary(rand: pd.DataFrame) -> dict[str, Any] | None:
             "draws": int(sub["draw"].nunique()) if "draw" in sub else 1,
             **hit_rate(les["pointing_hit"].to_numpy(dtype=bool)),
             "chance_hit": _f(np.nanmean(chance)) if np.isfinite(chance).any() else None,
+            **_expected_hits(les),
             **mean_stat(_floats(les, "energy_in_lesions"), "energy_in_lesions"),
             **mean_stat(_floats(sub, "rank_corr"), "rank_corr"),
         })

@@ -6,7 +6,8 @@
 Families and their metrics (cam_method is null for grading):
     grading        n, qwk, accuracy, macro_f1, referable_auc, sensitivity, specificity, ece,
                    images (per true grade), confusion (grade x pred_grade counts)
-    localisation   pointing_hit_rate, energy_in_lesions, energy_lift (all images, or per true grade), od_energy
+    localisation   pointing_hit_rate, energy_in_lesions, energy_lift, energy_lift_median (all images, or per
+                   true grade), od_energy
     lesion_type    pointing_hit_rate, energy_share (images holding that lesion type)
     error_bucket   images, pointing_hit_rate, energy_in_lesions, energy_lift per exact / off_by_one / gross
     concentration  cam_entropy, peak_share (all, or per true grade)
@@ -58,6 +59,9 @@ def _localisation(fam: dict[str, Any], s: dict[str, Any], **where: Any) -> Itera
     yield _row(**fam, **where, metric="energy_lift", value=s["energy_lift"], ci_low=s["energy_lift_ci_low"],
                ci_high=s["energy_lift_ci_high"], ci_method="bootstrap", n=s["energy_in_lesions_n"], baseline=1.0,
                baseline_metric="uniform map")
+    if s.get("energy_lift_median") is not None:
+        yield _row(**fam, **where, metric="energy_lift_median", value=s["energy_lift_median"],
+                   n=s["energy_in_lesions_n"], baseline=1.0, baseline_metric="uniform map")
 
 
 def _mean(fam: dict[str, Any], s: dict[str, Any], name: str, metric: str | None = None,
@@ -97,6 +101,10 @@ def _method(key: dict[str, Any], method: str, e: dict[str, Any]) -> Iterator[dic
             yield _row(**r, cascade=s["cascade"], metric="pointing_hit_rate", value=s["hit_rate"],
                        ci_low=s["hit_rate_ci_low"], ci_high=s["hit_rate_ci_high"], ci_method="wilson", n=s["n"],
                        baseline=s["chance_hit"], baseline_metric="chance_hit")
+            if s.get("expected_hit_rate") is not None:
+                yield _row(**r, cascade=s["cascade"], metric="expected_hit_rate", value=s["expected_hit_rate"],
+                           n=s["n"], baseline=s["chance_hit"], baseline_metric="chance_hit")
+                yield _row(**r, cascade=s["cascade"], metric="empty_maps", value=float(s["empty_maps"]), n=s["n"])
             yield _mean(r, s, "energy_in_lesions", cascade=s["cascade"])
             yield _mean(r, s, "rank_corr", cascade=s["cascade"])
     for v in obs["verdicts"]:

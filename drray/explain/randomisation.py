@@ -8,7 +8,9 @@ the demo model a single fully random copy scored anywhere from 0.00 to 0.09 agai
 0.09, seed to seed), so only the mean over draws estimates what random weights score. Per image, method and step it stores the rank correlation of
 the copy's map with the trained model's, and the copy's pointing hit, chance rate and energy in
 lesions: maps that explain the model fall away from the trained ones as the cascade deepens, and
-with every block random their hit rate falls to chance. `drray evaluate` reports it beside the
+with every block random their hit rate falls to chance. Random networks often give empty maps (no
+peak); `expected_hit` scores those at the image's chance rate, as a peak drawn among the tied pixels
+would score, so "no evidence" does not read as "below chance". `drray evaluate` reports it beside the
 trained model's figures.
 
 The sample is small (cam.sanity_images, default 64) and runs in the driver's process: a few model
@@ -31,6 +33,16 @@ from drray.data.images import DEFAULT_MAX_PIXELS
 from drray.schema import RANDOMISATION_SCHEMA
 
 log = logging.getLogger(__name__)
+
+
+def expected_hit(hit: bool | None, chance: float | None, empty: bool) -> float | None:
+    """The pointing game with ties broken at random: 1/0 for a map's peak, the image's chance rate for an
+    empty map (all of whose pixels tie); None where the image has nothing to point at."""
+    if hit is None:
+        return None
+    if empty:
+        return chance
+    return float(hit)
 
 
 @dataclass
@@ -97,6 +109,9 @@ def randomisation_check(manifest: pd.DataFrame, model_dir, out: str | os.PathLik
                 cols["rank_corr"].append(None if np.isnan(corr) else corr)
                 cols["pointing_hit"].append(scores["pointing_hit"])
                 cols["chance_hit"].append(scores["chance_hit"])
+                empty = not bool((maps[i] > 0).any())
+                cols["empty_map"].append(empty)
+                cols["expected_hit"].append(expected_hit(scores["pointing_hit"], scores["chance_hit"], empty))
                 cols["energy_in_lesions"].append(scores["energy_in_lesions"])
         predictor.close()
         log.info("randomisation check: %s done (draw %d, %d images)", label if k else "trained model", draw,
