@@ -9,7 +9,10 @@ the floor a CAM cannot beat: `model(x)` under torch.inference_mode. The fast pat
 `CamEngine(model, method, target_stride=s)(x)` (predictions, probabilities and full-size maps on
 the CPU). The library is pytorch-grad-cam's class of the same method on the same target layer,
 predicted-class targets (the maps only). Random weights (pretrained=False): throughput does not
-depend on them. A finer stride costs more: gradients flow back through more of the network.
+depend on them. A finer stride costs more: gradients flow back through more of the network. The
+`above` column measures how much: the share of the forward's time spent above the lowest target
+layer (a forward stopped there is timed too), and `ideal` is the fast/forward ratio if the backward
+through those layers cost what their forward does, which is what to expect of any exact gradient.
 
     python benchmarks/cam_throughput.py                       # 4 models x 3 strides, 384 px, batch 8, CPU
     python benchmarks/cam_throughput.py --strides 8 --no-fused --no-library
@@ -98,7 +101,24 @@ def measure(model, target: dict, args) -> dict[str, tuple[float, float]]:
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             return model(x)
 
-    runs = {"forward": forward, "fast": lambda: engine(x)}
+    def below():
+        """The forward up to the first target layer to run: the part the backward never visits."""
+        class Reached(Exception):
+            pass
+
+        def stop(*_):
+            raise Reached
+
+        handles = [layer.register_forward_hook(stop) for layer in engine.target_layers]
+        try:
+            forward()
+        except Reached:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+
+    runs = {"forward": forward, "below": below, "fast": lambda: engine(x)}
     if library is not None:
         runs["library"] = lambda: library(input_tensor=x, targets=None)
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
@@ -148,6 +168,7 @@ def main() -> None:
           f"{args.layout} input, {where}; "
           f"median of {args.rounds} interleaved rounds")
     header = (f"{'model':24s} {'stride':>6s} {'forward img/s':>14s} {'fast img/s':>11s} {'fast/fwd':>9s} "
+              f"{'above':>6s} {'ideal':>6s} "
               f"{'grad-cam img/s':>15s} {'grad-cam/fwd':>13s} {'fast/grad-cam':>14s} {'cpu-time fast/fwd':>18s}")
     print(header)
     print("-" * len(header))
@@ -156,11 +177,15 @@ def main() -> None:
         for label, target in targets_of(model, args):
             r = measure(model, target, args)
             (fwd, fwd_cpu), (fast, fast_cpu) = r["forward"], r["fast"]
+            above = max(0.0, 1.0 - fwd / r["below"][0])  # share of the forward's time above the target
             lib = r["library"][0] if "library" in r else math.nan
-            print(f"{name:24s} {label:>6s} {fwd:14.2f} {fast:11.2f} {fast / fwd:8.2f}x {lib:15.2f} {lib / fwd:12.2f}x "
+            print(f"{name:24s} {label:>6s} {fwd:14.2f} {fast:11.2f} {fast / fwd:8.2f}x {above:6.2f} {1 / (1 + above):5.2f}x "
+                  f"{lib:15.2f} {lib / fwd:12.2f}x "
                   f"{fast / lib:13.2f}x {fast_cpu / fwd_cpu:17.2f}x", flush=True)
     print("x: ratio of images per second (wall clock); cpu-time: ratio of images per CPU-second of this process, "
-          "steadier on a machine shared with other jobs")
+          "steadier on a machine shared with other jobs; above: share of the forward's time spent above the (lowest) "
+          "target layer, where the backward must go; ideal: fast/fwd if that backward cost what its forward does "
+          "(a convolution's input gradient has the forward's arithmetic), the most an exact gradient method can expect")
 
 if __name__ == "__main__":
     main()

@@ -71,16 +71,6 @@ def build_data(out: Path, args) -> Path:
     return result.manifest_path
 
 
-def field_of_view(path: str, box: tuple[int, int, int], size: int) -> np.ndarray:
-    """(S, S) bool: the fundus circle, as `prepare` found it, in preprocessed pixels."""
-    from drray.data.images import read_rgb
-    from drray.data.preprocess import CropBox, circle_in_box, find_fundus
-
-    circle = circle_in_box(find_fundus(read_rgb(path)), CropBox(*box), size)
-    yy, xx = np.ogrid[:size, :size]
-    return (xx - circle.cx) ** 2 + (yy - circle.cy) ** 2 <= circle.r ** 2
-
-
 def decode_split(manifest: Path, split: str, prep, scored: bool) -> Split:
     """Every readable row of `split`, preprocessed exactly as training and `drray explain` do.
 
@@ -89,6 +79,7 @@ def decode_split(manifest: Path, split: str, prep, scored: bool) -> Split:
     import cv2
 
     from drray.data.dataset import decode_record, load_manifest, manifest_base_dir, resolve_path, unpack_mask
+    from drray.evaluate.map_scores import disc_mask
     from drray.schema import LESION_TYPES, MASK_COLUMNS, MASK_TYPES
 
     cv2.setNumThreads(1)
@@ -107,7 +98,9 @@ def decode_split(manifest: Path, split: str, prep, scored: bool) -> Split:
         if scored:
             g = d.geometry
             lesions.append(unpack_mask(d.masks, LESION_TYPES))
-            fields.append(field_of_view(path, (g["box_y0"], g["box_x0"], g["box_side"]), prep.image_size))
+            # The fundus the network sees, as drray scores its maps (drray.data.dataset.field_columns).
+            field = disc_mask(g["fov_cy"], g["fov_cx"], g["fov_r"], prep.image_size)
+            fields.append(field if field is not None else np.ones((prep.image_size,) * 2, bool))
     empty = np.zeros((0,), bool)
     return Split(np.stack(images), np.asarray(labels), np.stack(lesions) if scored else empty,
                  np.stack(fields) if scored else empty)

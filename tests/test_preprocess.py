@@ -254,6 +254,29 @@ def test_ben_graham_on_retina(retina):
     assert np.ptp(inside.mean(axis=0)) < 15
 
 
+@pytest.mark.parametrize("ben", [False, True])
+def test_field_of_view_is_the_fundus_the_network_sees(retina, ben):
+    """Maps are scored inside `field_columns`' disc: with Ben Graham it stops where the image turns
+    black, so the blanked ring (a fifth of the disc's area) is neither a place to point at nor part
+    of the chance rate."""
+    from drray.data.dataset import field_columns
+    from drray.evaluate.map_scores import disc_mask
+
+    img, _ = retina
+    size = 192
+    p = prepare(img, PreprocessConfig(image_size=size, ben_graham=ben))
+    c = circle_in_box(p.circle, p.box, size)
+    f = field_columns(p)
+    assert f["fov_r"] == pytest.approx((0.9 if ben else 1.0) * c.r)
+    field = disc_mask(f["fov_cy"], f["fov_cx"], f["fov_r"], size)
+    shows = p.image.max(axis=2) > 0
+    if ben:
+        assert not shows[~field].any()  # nothing outside the field shows fundus ...
+        assert shows[field].mean() > 0.99  # ... and the field is all fundus
+    else:  # the photograph's own dark edge stays inside the field
+        assert field.sum() > disc_mask(f["fov_cy"], f["fov_cx"], 0.9 * c.r, size).sum() * 1.2
+
+
 @pytest.mark.parametrize("letterbox", [False, True])
 def test_ben_graham_leaves_no_band_along_a_cut(retina, letterbox):
     img, (cy, _, r) = retina

@@ -78,13 +78,19 @@ class Decoded:
 
 
 def field_columns(prep: Prepared) -> dict[str, float]:
-    """The fundus circle on the prepared grid (fov_cy, fov_cx, fov_r; all 0 when none was found)."""
+    """The field of view on the prepared grid (fov_cy, fov_cx, fov_r; all 0 when no fundus was found).
+
+    It is the part of the fundus the network sees: with Ben Graham's normalisation the disc stops at
+    its rim (`Prepared.visible`), since the ring past it is black. Maps are scored inside this disc and
+    the chance baselines are taken over it, so a map peaking on the blanked ring, where no lesion can
+    be seen, does not count as a miss against a chance rate that includes the ring.
+    """
     from drray.data.preprocess import circle_in_box
 
     if not prep.circle.found:
         return dict(fov_cy=0.0, fov_cx=0.0, fov_r=0.0)
     c = circle_in_box(prep.circle, prep.box, prep.image.shape[0])
-    return dict(fov_cy=float(c.cy), fov_cx=float(c.cx), fov_r=float(c.r))
+    return dict(fov_cy=float(c.cy), fov_cx=float(c.cx), fov_r=float(c.r * prep.visible))
 
 
 def decode_photo_prepared(data: bytes, where: str, cfg: PreprocessConfig, max_pixels: int = DEFAULT_MAX_PIXELS,

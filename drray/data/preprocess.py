@@ -56,6 +56,9 @@ class Prepared:
     colour: np.ndarray | None = None
     """(S, S, 3) uint8: the same crop before Ben Graham's normalisation (the image itself without it),
     what overlays are drawn on, since it is the photograph a clinician recognises."""
+    visible: float = 1.0
+    """The share of the circle's radius that still shows fundus: Ben Graham's normalisation blanks
+    everything past `BEN_GRAHAM_RIM` of it, and a map there points at black (`field_columns`)."""
 
 def centre_box(shape: tuple[int, int], pad: bool = False) -> CropBox:
     """The centred square of an (H, W) image: inside it (`pad=False`) or padding all of it (`pad=True`)."""
@@ -97,11 +100,16 @@ def circle_in_box(circle: FundusCircle, box: CropBox, size: int) -> FundusCircle
     )
 
 
+BEN_GRAHAM_RIM = 0.9
+"""Share of the fundus radius Ben Graham's normalisation keeps (his own choice): the subtraction leaves
+a bright ring at the field's edge, so the outer tenth is set to black."""
+
+
 def ben_graham(
     img: np.ndarray,
     sigma: float,
     circle: FundusCircle | None = None,
-    rim: float = 0.9,
+    rim: float = BEN_GRAHAM_RIM,
     valid: np.ndarray | None = None,
 ) -> np.ndarray:
     """Ben Graham's colour normalisation: 4*img - 4*GaussianBlur(img, sigma) + 128, rim blanked to 0.
@@ -224,7 +232,8 @@ def prepare(img: np.ndarray, cfg: PreprocessConfig, scale: int = 1, shape: tuple
                 # Eroded by a pixel: edge pixels that resizing mixed with the black are too dark.
                 valid &= cv2.erode(field, np.ones((3, 3), np.uint8)).astype(bool)
         out = ben_graham(out, sigma, rim_circle, valid=valid)
-    return Prepared(image=np.ascontiguousarray(out), box=box, circle=circle, quality_ok=circle.found, colour=colour)
+    return Prepared(image=np.ascontiguousarray(out), box=box, circle=circle, quality_ok=circle.found, colour=colour,
+                    visible=BEN_GRAHAM_RIM if cfg.ben_graham else 1.0)
 
 
 def prepare_mask(mask: np.ndarray, box: CropBox, size: int) -> np.ndarray:
