@@ -78,8 +78,7 @@ def decode_split(manifest: Path, split: str, prep, scored: bool) -> Split:
     """
     import cv2
 
-    from drray.data.dataset import decode_record, load_manifest, manifest_base_dir, resolve_path, unpack_mask
-    from drray.evaluate.map_scores import disc_mask
+    from drray.data.dataset import decode_record, field_mask, load_manifest, manifest_base_dir, resolve_path, unpack_mask
     from drray.schema import LESION_TYPES, MASK_COLUMNS, MASK_TYPES
 
     cv2.setNumThreads(1)
@@ -99,7 +98,7 @@ def decode_split(manifest: Path, split: str, prep, scored: bool) -> Split:
             g = d.geometry
             lesions.append(unpack_mask(d.masks, LESION_TYPES))
             # The fundus the network sees, as drray scores its maps (drray.data.dataset.field_columns).
-            field = disc_mask(g["fov_cy"], g["fov_cx"], g["fov_r"], prep.image_size)
+            field = field_mask(g, prep.image_size)
             fields.append(field if field is not None else np.ones((prep.image_size,) * 2, bool))
     empty = np.zeros((0,), bool)
     return Split(np.stack(images), np.asarray(labels), np.stack(lesions) if scored else empty,

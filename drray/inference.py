@@ -363,14 +363,11 @@ class Predictor:
 
 
 def field_disc(prepared: "Prepared") -> np.ndarray | None:
-    """(S, S) bool: the fundus of a prepared photograph on its input grid; None when none was found."""
-    from drray.data.dataset import field_columns
-    from drray.evaluate.map_scores import disc_mask
+    """(S, S) bool: the fundus the network sees in a prepared photograph; None when none was found
+    (`drray.data.dataset.field_mask`)."""
+    from drray.data.dataset import field_columns, field_mask
 
-    if not prepared.quality_ok:
-        return None
-    f = field_columns(prepared)
-    return disc_mask(f["fov_cy"], f["fov_cx"], f["fov_r"], prepared.image.shape[0])
+    return field_mask({"quality_ok": prepared.quality_ok, **field_columns(prepared)}, prepared.image.shape[0])
 
 
 @dataclass

@@ -254,27 +254,45 @@ def test_ben_graham_on_retina(retina):
     assert np.ptp(inside.mean(axis=0)) < 15
 
 
-@pytest.mark.parametrize("ben", [False, True])
-def test_field_of_view_is_the_fundus_the_network_sees(retina, ben):
-    """Maps are scored inside `field_columns`' disc: with Ben Graham it stops where the image turns
-    black, so the blanked ring (a fifth of the disc's area) is neither a place to point at nor part
-    of the chance rate."""
-    from drray.data.dataset import field_columns
-    from drray.evaluate.map_scores import disc_mask
+@pytest.mark.parametrize("cut", [None, "frame", "letterbox"])
+@pytest.mark.parametrize("ben", [False, True], ids=["colour", "ben_graham"])
+def test_field_of_view_is_the_fundus_the_network_sees(retina, ben, cut):
+    """Maps are scored inside `field_mask`: with Ben Graham it stops where the image turns black (the
+    blanked ring is a fifth of the disc's area), and a fundus cut off above and below stops at the
+    cut, whether the frame cut it (padding past the photograph) or black bands were added back to
+    make it square; none of that black is a place to point at or part of the chance rate."""
+    from drray.data.dataset import field_columns, field_mask, geometry_of
 
-    img, _ = retina
+    img, (cy, _, r) = retina
+    if cut:  # cut by the frame above and below, as in APTOS
+        img = img[int(cy - 0.7 * r):int(cy + 0.7 * r)]
+    if cut == "letterbox":  # ... and padded back to a square by whoever shared the archive
+        img = np.pad(img, ((220, 220), (0, 0), (0, 0)))
     size = 192
     p = prepare(img, PreprocessConfig(image_size=size, ben_graham=ben))
     c = circle_in_box(p.circle, p.box, size)
-    f = field_columns(p)
-    assert f["fov_r"] == pytest.approx((0.9 if ben else 1.0) * c.r)
-    field = disc_mask(f["fov_cy"], f["fov_cx"], f["fov_r"], size)
+    assert field_columns(p)["fov_r"] == pytest.approx((0.9 if ben else 1.0) * c.r)
+    field = field_mask(geometry_of(p, img.shape[:2]), size)
+    yy, xx = np.ogrid[:size, :size]
+    disc = np.hypot(xx - c.cx, yy - c.cy) <= (0.9 if ben else 1.0) * c.r
     shows = p.image.max(axis=2) > 0
+    assert not (field & ~disc).any()
+    if cut:  # the disc runs past the frame; the field stops at it
+        assert (disc & ~field).sum() > 0.1 * disc.sum()
+    else:
+        assert (disc & ~field).sum() < 0.01 * disc.sum()
     if ben:
         assert not shows[~field].any()  # nothing outside the field shows fundus ...
-        assert shows[field].mean() > 0.99  # ... and the field is all fundus
-    else:  # the photograph's own dark edge stays inside the field
-        assert field.sum() > disc_mask(f["fov_cy"], f["fov_cx"], 0.9 * c.r, size).sum() * 1.2
+    assert shows[field].mean() > 0.98  # ... and the field is fundus (but the edge pixel Ben Graham drops along a cut)
+
+
+def test_no_fundus_no_field():
+    from drray.data.dataset import field_mask, geometry_of
+
+    img = np.full((64, 64, 3), 90, np.uint8)  # flat grey: no fundus circle to find
+    p = prepare(img, PreprocessConfig(image_size=32))
+    assert not p.quality_ok
+    assert field_mask(geometry_of(p, img.shape[:2]), 32) is None
 
 
 @pytest.mark.parametrize("letterbox", [False, True])

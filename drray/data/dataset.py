@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 
 # Columns every decoded row has, besides the image (and masks).
 GEOMETRY_COLUMNS = ("box_y0", "box_x0", "box_side", "orig_h", "orig_w", "quality_ok")
-FIELD_COLUMNS = ("fov_cy", "fov_cx", "fov_r")
-"""The field-of-view circle in pixels of the prepared (S, S) image (r = 0 when none was found)."""
+FIELD_COLUMNS = ("fov_cy", "fov_cx", "fov_r", "fov_top", "fov_bottom", "fov_left", "fov_right")
+"""The field of view in pixels of the prepared (S, S) image: the circle the network sees and the band
+of rows and columns that hold fundus, as pixel edges (all 0 when none was found; see `field_mask`)."""
 PASSTHROUGH_COLUMNS = ("image_id", "dataset", "split", "label", "patient_id", "path")
 
 
@@ -78,19 +79,54 @@ class Decoded:
 
 
 def field_columns(prep: Prepared) -> dict[str, float]:
-    """The field of view on the prepared grid (fov_cy, fov_cx, fov_r; all 0 when no fundus was found).
+    """The field of view on the prepared grid: circle (fov_cy, fov_cx, fov_r) and band (fov_top,
+    fov_bottom, fov_left, fov_right, pixel edges); all 0 when no fundus was found.
 
     It is the part of the fundus the network sees: with Ben Graham's normalisation the disc stops at
-    its rim (`Prepared.visible`), since the ring past it is black. Maps are scored inside this disc and
-    the chance baselines are taken over it, so a map peaking on the blanked ring, where no lesion can
-    be seen, does not count as a miss against a chance rate that includes the ring.
+    its rim (`Prepared.visible`), since the ring past it is black, and a field cut off by the frame
+    or letterboxed stops at the cut (`FundusCircle.band`: the rows and columns that hold fundus).
+    Maps are scored inside it and the chance baselines are taken over it (`field_mask`), so a map
+    peaking on black, where no lesion can be seen, does not count as a miss against a chance rate
+    that includes the black.
     """
     from drray.data.preprocess import circle_in_box
 
     if not prep.circle.found:
-        return dict(fov_cy=0.0, fov_cx=0.0, fov_r=0.0)
-    c = circle_in_box(prep.circle, prep.box, prep.image.shape[0])
-    return dict(fov_cy=float(c.cy), fov_cx=float(c.cx), fov_r=float(c.r * prep.visible))
+        return dict.fromkeys(FIELD_COLUMNS, 0.0)
+    size = prep.image.shape[0]
+    c = circle_in_box(prep.circle, prep.box, size)
+    top, bottom, left, right = c.band if c.band is not None else (0.0, size, 0.0, size)
+    return dict(fov_cy=float(c.cy), fov_cx=float(c.cx), fov_r=float(c.r * prep.visible), fov_top=float(top),
+                fov_bottom=float(bottom), fov_left=float(left), fov_right=float(right))
+
+
+def geometry_of(prep: Prepared, shape: tuple[int, int]) -> dict[str, Any]:
+    """The decode step's geometry columns (`GEOMETRY_COLUMNS` + `FIELD_COLUMNS`) of a photograph of
+    original (H, W) `shape` prepared as `prep`: what scoring its map needs besides the map."""
+    return dict(box_y0=prep.box.y0, box_x0=prep.box.x0, box_side=prep.box.side, orig_h=int(shape[0]),
+                orig_w=int(shape[1]), quality_ok=bool(prep.quality_ok), **field_columns(prep))
+
+
+def field_mask(geometry: Any, size: int) -> np.ndarray | None:
+    """(size, size) bool: the fundus the network sees, on the prepared grid; None when no fundus was found.
+
+    geometry: a mapping with `quality_ok` and the `FIELD_COLUMNS` (`geometry_of`, a decode record's
+    geometry, a Ray Data row): the field-of-view disc (with Ben Graham's normalisation, inside its
+    rim) within the band of rows and columns that hold fundus, so the black past the cut of a
+    cut-off or letterboxed field (common in APTOS and EyePACS) is left out too.
+    """
+    from drray.evaluate.map_scores import disc_mask
+
+    if not bool(geometry["quality_ok"]):
+        return None
+    disc = disc_mask(float(geometry["fov_cy"]), float(geometry["fov_cx"]), float(geometry["fov_r"]), size)
+    if disc is None:
+        return None
+    # A prepared pixel is in the band when its centre is (the band's edges are pixel edges).
+    top, bottom, left, right = (float(geometry[k]) for k in FIELD_COLUMNS[3:])
+    centres = np.arange(size) + 0.5
+    rows, cols = (centres >= top) & (centres <= bottom), (centres >= left) & (centres <= right)
+    return disc & rows[:, None] & cols[None, :]
 
 
 def decode_photo_prepared(data: bytes, where: str, cfg: PreprocessConfig, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -154,14 +190,11 @@ def decode_record(
             np.zeros((size, size, 3), np.uint8),
             np.zeros((size, size), np.uint8) if mask_paths is not None else None,
             dict(box_y0=0, box_x0=0, box_side=0, orig_h=0, orig_w=0, quality_ok=False,
-                 fov_cy=0.0, fov_cx=0.0, fov_r=0.0),
+                 **dict.fromkeys(FIELD_COLUMNS, 0.0)),
             e.reason,
             e.detail,
         )
-    geometry = dict(
-        box_y0=prep.box.y0, box_x0=prep.box.x0, box_side=prep.box.side,
-        orig_h=orig_h, orig_w=orig_w, quality_ok=bool(prep.quality_ok), **field_columns(prep),
-    )
+    geometry = geometry_of(prep, (orig_h, orig_w))
     bits = None
     if mask_paths is not None:
         warped = {}

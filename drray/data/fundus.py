@@ -56,6 +56,10 @@ class FundusCircle:
     cy: float
     r: float
     found: bool
+    band: tuple[float, float, float, float] | None = None
+    """(top, bottom, left, right) pixel edges of the rows and columns that hold fundus: a field cut off
+    by the frame (APTOS), or letterboxed back to a square with black bands, ends at the cut inside
+    its circle. None: no bright region was measured (then the circle is all there is)."""
 
 
 def check_rgb(img: np.ndarray, what: str = "image") -> None:
@@ -265,4 +269,17 @@ def find_fundus(img: np.ndarray, scale: int = 1, shape: tuple[int, int] | None =
     if inside < _MIN_INSIDE or covered < _MIN_COVERED:
         logger.debug("no fundus: bright region is not round")
         return centre_circle(h, w)
-    return FundusCircle(cx=cx, cy=cy, r=r, found=True)
+    return FundusCircle(cx=cx, cy=cy, r=r, found=True, band=_bright_band(fov, ky, kx, oy, ox, (h, w)))
+
+
+def _bright_band(fov: np.ndarray, ky: float, kx: float, oy: float, ox: float,
+                 shape: tuple[int, int]) -> tuple[float, float, float, float]:
+    """The bright region's rows and columns as pixel edges (top, bottom, left, right) of the original:
+    small pixel y covers original rows y * ky + oy + 0.5 -/+ ky / 2 (its centre is y * ky + oy)."""
+    rows, cols = np.flatnonzero(fov.any(axis=1)), np.flatnonzero(fov.any(axis=0))
+    h, w = shape
+    top = max(0.0, rows[0] * ky + oy + 0.5 - ky / 2)
+    bottom = min(float(h), rows[-1] * ky + oy + 0.5 + ky / 2)
+    left = max(0.0, cols[0] * kx + ox + 0.5 - kx / 2)
+    right = min(float(w), cols[-1] * kx + ox + 0.5 + kx / 2)
+    return (top, bottom, left, right)

@@ -92,11 +92,16 @@ def crop_square(arr: np.ndarray, box: CropBox, fill=0) -> np.ndarray:
 def circle_in_box(circle: FundusCircle, box: CropBox, size: int) -> FundusCircle:
     """The circle in pixels of the prepared (size, size) image cut from `box`."""
     s = size / box.side
+    band = None
+    if circle.band is not None:  # edges, not pixel centres: no half-pixel shift
+        top, bottom, left, right = circle.band
+        band = ((top - box.y0) * s, (bottom - box.y0) * s, (left - box.x0) * s, (right - box.x0) * s)
     return FundusCircle(
         cx=(circle.cx - box.x0 + 0.5) * s - 0.5,
         cy=(circle.cy - box.y0 + 0.5) * s - 0.5,
         r=circle.r * s,
         found=circle.found,
+        band=band,
     )
 
 
@@ -146,7 +151,7 @@ def ben_graham(
     return out
 
 
-def _footprint(box: CropBox, shape: tuple[int, int], size: int) -> np.ndarray:
+def footprint(box: CropBox, shape: tuple[int, int], size: int) -> np.ndarray:
     """(size, size) bool: prepared pixels whose centre falls inside the source image (not padding)."""
     s = box.side / size
     centres = box.y0 - 0.5 + (np.arange(size) + 0.5) * s  # source coordinate of each output centre
@@ -219,7 +224,7 @@ def prepare(img: np.ndarray, cfg: PreprocessConfig, scale: int = 1, shape: tuple
     if cfg.ben_graham:
         sigma = cfg.ben_graham_sigma_frac * cfg.image_size
         size = cfg.image_size
-        valid = _footprint(box, shape, size)
+        valid = footprint(box, shape, size)
         rim_circle = None
         if circle.found:
             # The local average is taken over the field only: the dark surround, and the black

@@ -73,8 +73,9 @@ def map_scores(
     box: the crop box (y0, x0, side) in original pixels, from the decode step.
     orig_shape: (H, W) of the original photograph.
     tolerance: pointing-game tolerance as a share of S.
-    field_of_view: (S, S) bool, the fundus on the same grid: the map is scored (and stored) inside it
-    (`within_field`), and with masks it gives `lesion_area` (lesion pixels / field pixels) and
+    field_of_view: (S, S) bool, the fundus the network sees on the same grid (`drray.data.dataset.field_mask`):
+    the map is scored (and stored) inside it (`within_field`), and with masks it gives `lesion_area`
+    (lesion pixels / field pixels) and
     `chance_hit` (the exact share of the field within the tolerance of a lesion pixel: what a peak
     dropped at random in the fundus scores).
     Lesion scores are null where the image has no pixel of that type (no mask, or an empty one):

@@ -56,12 +56,12 @@ def _image_fields(batch: dict[str, np.ndarray], i: int) -> dict[str, Any]:
 
 
 def _field_of_view(batch: dict[str, np.ndarray], i: int, size: int) -> np.ndarray | None:
-    """The fundus disc on the S x S grid, from the decode step's circle (None when none was found)."""
-    from drray.evaluate.map_scores import disc_mask
+    """The fundus the network sees on the S x S grid, from the decode step's geometry (None when none was found)."""
+    from drray.data.dataset import FIELD_COLUMNS, GEOMETRY_COLUMNS, field_mask
 
-    if "fov_r" not in batch or not bool(batch["quality_ok"][i]):
+    if "fov_r" not in batch:
         return None
-    return disc_mask(batch["fov_cy"][i], batch["fov_cx"][i], batch["fov_r"][i], size)
+    return field_mask({k: batch[k][i] for k in GEOMETRY_COLUMNS + FIELD_COLUMNS}, size)
 
 
 class Explainer:

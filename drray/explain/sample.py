@@ -59,11 +59,10 @@ class Sample:
         return len(self.rows)
 
     def field_of_view(self, i: int) -> np.ndarray | None:
-        """(S, S) bool fundus disc of image i; None where no fundus was found."""
-        from drray.evaluate.map_scores import disc_mask
+        """(S, S) bool: the fundus image i's network sees (`drray.data.dataset.field_mask`); None where none was found."""
+        from drray.data.dataset import field_mask
 
-        g = self.decoded[i].geometry
-        return disc_mask(g["fov_cy"], g["fov_cx"], g["fov_r"], self.images.shape[1]) if g["quality_ok"] else None
+        return field_mask(self.decoded[i].geometry, self.images.shape[1])
 
     def box(self, i: int) -> tuple[tuple[int, int, int], tuple[int, int]]:
         """(crop box (y0, x0, side), original (H, W)) of image i, as `Predictor.score_map` takes them."""
