@@ -250,8 +250,9 @@ def score_family(name: str, model, test: Split, baselines: dict[str, np.ndarray]
                     # Inside the field (the zeros outside would agree), every 4th pixel: the maps are
                     # bilinear upsamplings, the ranks barely change.
                     inside = test.fields[k][::4, ::4]
-                    s["rho"].append(np.mean([rank_correlation(cam[::4, ::4][inside], r[::4, ::4][inside])
-                                             for r in r_cams]))
+                    # An empty random map has no ranks (NaN): left out, as randomisation.parquet stores null.
+                    s["rho"].append(_mean(np.array([rank_correlation(cam[::4, ::4][inside], r[::4, ::4][inside])
+                                                    for r in r_cams])))
         preds = np.concatenate(preds)
         labels = test.labels[has]
         correct = preds[has] == labels
