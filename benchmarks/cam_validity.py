@@ -12,6 +12,11 @@ method and score each map against the masks:
   (a uniform map scores 1); med: the median over images of each image's own ratio;
 - chance: the mean exact chance hit rate (drray.evaluate.localisation.chance_hit_rate), what a
   peak dropped at random inside the field of view scores;
+- ideal: the lift, pooled as `lift` is, of the ideal map at the target's (finest) grid: the
+  lesion masks themselves drawn on it, every lesion in proportion and nothing else
+  (drray.evaluate.localisation.ideal_energy_share). A CAM is its layer's grid upsampled, so at
+  stride 8 a 3-px microaneurysm is at best a cell-sized blob: `lift` over `ideal` is how much of
+  what the resolution allows the maps reach;
 - random: the hit rate of the same method on copies with every block re-initialised
   (drray.cam.sanity), averaged over --draws seeds, an empty map (no peak) scoring its image's
   chance rate as in randomisation.parquet's `expected_hit`, with rho the mean Spearman correlation
@@ -261,6 +266,7 @@ def score_family(name: str, model, test: Split, baselines: dict[str, np.ndarray]
                   f"{(preds == test.labels).mean():.3f}; {int(has.sum())} lesion images, {int(correct.sum())} "
                   f"graded correctly, {int((labels == 1).sum())} of grade 1", flush=True)
             print(HEADER, flush=True)
+        ideal = baselines["ideal"](min(_strides_of(engine, available)))
         for m in args.methods:
             s = {k: np.asarray(v, dtype=np.float64) for k, v in stats[m].items()}
             cost_engine = CamEngine(model, method=m, **target)
@@ -274,6 +280,8 @@ def score_family(name: str, model, test: Split, baselines: dict[str, np.ndarray]
                 "lift": _mean(s["energy"]) / _mean(baselines["area"][has]),
                 "lift_median": _median(s["energy"] / baselines["area"][has]),
                 "chance": _mean(baselines["chance"][has]),
+                "ideal": _mean(ideal[has]) / _mean(baselines["area"][has]),
+                "ideal_median": _median(ideal[has] / baselines["area"][has]),
                 "random_hit": _mean(s["rhit"]), "random_rho": _mean(s["rho"]),
                 "cost": median_cost(model, cost_engine, x, args.timing_rounds),
                 "test_accuracy": float((preds == test.labels).mean()),
@@ -301,21 +309,30 @@ def _mean(x: np.ndarray) -> float:
 
 
 HEADER = (f"{'family':18s} {'stride':>6s} {'method':18s} {'hit':>5s} {'correct':>7s} {'grade1':>6s} {'>=2':>5s} "
-          f"{'lift':>5s} {'med':>5s} {'chance':>6s} {'random':>6s} {'rho':>5s} {'cost':>5s}")
+          f"{'lift':>5s} {'med':>5s} {'ideal':>5s} {'chance':>6s} {'random':>6s} {'rho':>5s} {'cost':>5s}")
 
 
 def _row(r: dict) -> str:
     return (f"{r['family']:18s} {r['stride']:>6} {r['method']:18s} {r['hit']:5.2f} {r['hit_correct']:7.2f} "
             f"{r['hit_grade1']:6.2f} {r['hit_grade2plus']:5.2f} {r['lift']:5.1f} {r['lift_median']:5.1f} "
+            f"{r['ideal']:5.1f} "
             f"{r['chance']:6.2f} "
             f"{r['random_hit']:6.2f} {r['random_rho']:5.2f} {r['cost']:4.2f}x")
 
 
-def baselines_of(test: Split, tolerance_px: float) -> dict[str, np.ndarray]:
-    from drray.evaluate.localisation import chance_hit_rate, lesion_area_share
+def baselines_of(test: Split, tolerance_px: float) -> dict:
+    """Per test image: chance hit rate, lesion area share, and "ideal": stride -> each image's ideal energy share."""
+    from functools import cache
+
+    from drray.evaluate.localisation import chance_hit_rate, ideal_energy_share, lesion_area_share
+
+    @cache
+    def ideal(stride: int) -> np.ndarray:
+        return np.array([ideal_energy_share(les, f, stride) for les, f in zip(test.lesions, test.fields)])
 
     return {"chance": np.array([chance_hit_rate(les, f, tolerance_px) for les, f in zip(test.lesions, test.fields)]),
-            "area": np.array([lesion_area_share(les, f) for les, f in zip(test.lesions, test.fields)])}
+            "area": np.array([lesion_area_share(les, f) for les, f in zip(test.lesions, test.fields)]),
+            "ideal": ideal}
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -384,7 +401,8 @@ def main() -> None:
     (out / "cam_validity.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                        "rows": rows}, indent=1))
     print(f"hit: pointing game over lesion images (correct: correctly graded; grade1; >=2); lift: energy in lesions "
-          f"/ their area share (med: median of per-image ratios); chance: random peak in the field; "
+          f"/ their area share (med: median of per-image ratios); ideal: lift of the lesion masks drawn on the "
+          f"target's grid, a perfect map at that stride; chance: random peak in the field; "
           f"random: all blocks re-initialised (rho: Spearman "
           f"with the trained maps); cost: CAM time / forward-only time. {time.perf_counter() - start:.0f} s in all; "
           f"results in {out / 'cam_validity.json'}")

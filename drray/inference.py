@@ -243,8 +243,9 @@ class Predictor:
         """The explanation-row columns of one map (drray.evaluate.map_scores) with this predictor's settings."""
         from drray.evaluate.map_scores import map_scores
 
+        stride = self._engine.target_stride if self._engine is not None else None
         return map_scores(cam, mask_bits, box, orig_shape, self.cam.cam_size, self.cam.pointing_tolerance,
-                          field_of_view=field_of_view)
+                          field_of_view=field_of_view, grid_stride=stride)
 
     # ------------------------------------------------------------------------------- one image
     # explain_image in three steps, so a server can run the middle one on a batch of photographs:

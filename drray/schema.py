@@ -100,6 +100,7 @@ EXPLANATIONS_SCHEMA = pa.schema(
         pa.field("od_energy", pa.float32()),
         pa.field("lesion_area", pa.float32()),  # lesion pixels / field-of-view pixels, null without masks
         pa.field("chance_hit", pa.float32()),  # share of the field within tolerance of a lesion: a random peak's score
+        pa.field("ideal_energy", pa.float32()),  # energy_in_lesions of the lesion masks drawn on the target layer's grid
         pa.field("quality_ok", pa.bool_()),  # False: no fundus found, a centre crop was explained
         pa.field("cam_layer", pa.string()),  # the target layer the map was computed at
         pa.field("road_score", pa.float32()),  # ROAD faithfulness (cam.faithfulness), null when off

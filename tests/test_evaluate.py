@@ -118,7 +118,7 @@ def synthetic_explanations(n: int = 150, methods=("gradcam", "gradcam++"), seed:
                 area = float(r.uniform(0.01, 0.05))
                 energy = area * (3.0 if hit else 1.2) * float(r.uniform(0.8, 1.2))
                 row.update(pointing_hit=hit, chance_hit=float(r.uniform(0.05, 0.2)), lesion_area=area,
-                           energy_in_lesions=energy,
+                           energy_in_lesions=energy, ideal_energy=min(1.0, area * float(r.uniform(5, 15))),
                            **{f"energy_{t}": energy / len(present) for t in present})
             rows.append(row)
     cols = {f.name: [r.get(f.name) for r in rows] for f in EXPLANATIONS_SCHEMA}
@@ -265,16 +265,18 @@ def test_explanation_figures_agree_with_duckdb(synthetic_run):
         by_grade = con.execute("""
             select label, count(*), sum(pointing_hit::int), avg(pointing_hit::int), avg(chance_hit),
                    avg(energy_in_lesions), avg(lesion_area), avg(energy_in_lesions) / avg(lesion_area),
-                   median(energy_in_lesions / lesion_area)
+                   median(energy_in_lesions / lesion_area), avg(ideal_energy) / avg(lesion_area),
+                   median(ideal_energy / lesion_area)
             from explanations where cam_method = ? and pointing_hit is not null and label is not null
             group by label order by label""", [method]).fetchall()
         assert [r[0] for r in by_grade] == [1, 2, 3, 4] and loc["by_grade"]["0"]["n"] == 0
-        for grade, n, hits, rate, chance, energy, area, lift, lift_median in by_grade:
+        for grade, n, hits, rate, chance, energy, area, lift, lift_median, ideal, ideal_median in by_grade:
             s = loc["by_grade"][str(grade)]
             assert (s["n"], s["hits"]) == (n, hits)
             assert (s["hit_rate"], s["chance_hit"], s["energy_in_lesions"], s["lesion_area"], s["energy_lift"],
                     s["energy_lift_median"]) == pytest.approx((rate, chance, energy, area, lift, lift_median),
                                                               rel=1e-6)
+            assert (s["ideal_lift"], s["ideal_lift_median"]) == pytest.approx((ideal, ideal_median), rel=1e-6)
             assert s["energy_lift_median"] != pytest.approx(s["energy_lift"], rel=1e-3)  # two different figures
             assert (s["hit_rate_ci_low"], s["hit_rate_ci_high"]) == pytest.approx(_wilson(hits, n), abs=1e-12)
         n, rate, sd = con.execute("""select count(*), avg(energy_in_lesions), stddev_samp(energy_in_lesions)
@@ -351,6 +353,13 @@ def test_metrics_parquet_holds_the_json_figures_and_is_the_metrics_view(syntheti
         using (cam_method)
         where m.family = 'error_bucket' and m.metric = 'pointing_hit_rate' and m.error_bucket = 'off_by_one'""", run=run)
     assert len(diff) == 2 and (diff[["d", "dc", "dn"]].abs().to_numpy() < 1e-12).all()
+    # The ideal map's lift over all lesion images, beside the maps' own.
+    ideal = drray.query("""
+        select m.cam_method, m.value - e.ideal as d
+        from metrics m join (select cam_method, avg(ideal_energy) / avg(lesion_area) ideal
+                             from explanations where pointing_hit is not null group by 1) e using (cam_method)
+        where m.family = 'localisation' and m.metric = 'ideal_lift' and m.grade is null""", run=run)
+    assert len(ideal) == 2 and (ideal["d"].abs() < 1e-9).all()
     cells = drray.query("select grade, pred_grade, value from metrics where metric = 'confusion'", run=run)
     cm = np.zeros((5, 5))
     cm[cells["grade"].astype(int), cells["pred_grade"].astype(int)] = cells["value"]

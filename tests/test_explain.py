@@ -187,6 +187,20 @@ def test_map_scores_inside_the_field_of_view_compare_with_chance_like_for_like()
     flat = map_scores(np.ones((size, size), np.float32), bits, (0, 0, size), (size, size), cam_size=size,
                       tolerance=0.0, field_of_view=field)
     assert flat["energy_in_lesions"] == pytest.approx(flat["lesion_area"])
+    # The ideal map on the grid of the layer the map came from: exact at stride 1, the lesions drawn in
+    # 4-px cells at stride 4, and nothing without the stride or the field.
+    from drray.evaluate.localisation import ideal_energy_share
+
+    assert flat["ideal_energy"] is None
+    fine = map_scores(cam, bits, (0, 0, size), (size, size), cam_size=size, tolerance=0.0, field_of_view=field,
+                      grid_stride=1)
+    coarse = map_scores(cam, bits, (0, 0, size), (size, size), cam_size=size, tolerance=0.0, field_of_view=field,
+                        grid_stride=4)
+    assert fine["ideal_energy"] == pytest.approx(1.0)
+    assert coarse["ideal_energy"] == pytest.approx(ideal_energy_share(he, field, 4))
+    assert flat["lesion_area"] < coarse["ideal_energy"] < 1.0
+    assert map_scores(cam, bits, (0, 0, size), (size, size), cam_size=size, tolerance=0.0,
+                      grid_stride=4)["ideal_energy"] is None
 
 
 @pytest.mark.timeout(30)
@@ -377,12 +391,12 @@ def test_explain_writes_the_schema_errors_and_reruns_idempotently(ray_session, f
     rows = duckdb.sql(f"""
         select image_id, label, pred, probs, referable_prob, cam, cam_h, cam_w, peak_y, peak_x, cam_entropy,
                pointing_hit, energy_in_lesions, energy_ex, energy_ma, od_energy, overlay_png, target_class,
-               lesion_area, chance_hit, cam_layer
+               lesion_area, chance_hit, cam_layer, ideal_energy
         from read_parquet('{out}/explanations/**/*.parquet', hive_partitioning=true)
     """).fetchall()
     assert len(rows) == 2 * good
     for (image_id, label, pred, probs, referable, cam_blob, h, w, py, px, ent, hit, e_les, e_ex, e_ma, e_od,
-         png, target, area, chance, layer) in rows:
+         png, target, area, chance, layer, ideal) in rows:
         assert layer.startswith("backbone.")
         assert abs(sum(probs) - 1) < 1e-4 and referable == pytest.approx(sum(probs[2:]), abs=1e-5)
         assert pred == target == int(np.argmax(probs))
@@ -395,8 +409,11 @@ def test_explain_writes_the_schema_errors_and_reruns_idempotently(ray_session, f
             assert hit is not None and 0.0 <= e_les <= 1.0 and e_ex is not None
             # A random peak in the fundus hits a lesion at least as often as lesions cover it.
             assert 0.0 < area <= chance < 1.0
+            # The masks drawn on the layer's grid hold more of their mass on the lesions than a uniform map.
+            assert area < ideal < 1.0
         else:
             assert hit is None and e_les is None and e_ex is None and area is None and chance is None
+            assert ideal is None
 
     # The same command again: nothing new, nothing twice, the failed image not retried.
     files = sorted((out / "explanations").rglob("*.parquet"))

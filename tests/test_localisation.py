@@ -11,7 +11,9 @@ from drray.evaluate.localisation import (
     chance_hit_rate,
     energy_share,
     entropy,
+    ideal_energy_share,
     lesion_area_share,
+    lesions_on_grid,
     mass,
     peak,
     pointing_hit,
@@ -173,6 +175,49 @@ def test_lesion_area_share_is_lesion_pixels_inside_the_field_over_the_field():
     assert lesion_area_share(lesions, field) == pytest.approx(2 / 12)
     assert energy_share(np.where(field, 1.0, 0.0), lesions & field) == pytest.approx(lesion_area_share(lesions, field))
     assert math.isnan(lesion_area_share(lesions, np.zeros((4, 4), bool)))
+
+
+def test_lesions_on_grid_is_cell_shares_upsampled_as_a_cam_is():
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(3)
+    lesions = rng.random((64, 48)) < 0.03
+    drawn = lesions_on_grid(lesions, 8)
+    cells = F.avg_pool2d(torch.from_numpy(lesions.astype(np.float32))[None], 8)  # (1, 8, 6): each cell's share
+    # The interpolation drray.cam.maps.upsample_maps runs on a CAM (before rescaling it to [0, 1]).
+    as_cam = F.interpolate(cells[None], size=(64, 48), mode="bilinear", align_corners=False)[0, 0].numpy()
+    np.testing.assert_allclose(drawn, as_cam, atol=1e-6)
+    np.testing.assert_array_equal(lesions_on_grid(lesions, 1), lesions.astype(float))  # one cell per pixel
+    assert lesions_on_grid(lesions, 64) == pytest.approx(np.full((64, 48), lesions.mean()))  # one cell
+    assert lesions_on_grid(rng.random((50, 50)) < 0.1, 16).shape == (50, 50)  # 4 x 4 cells, fractional edges
+
+
+def test_ideal_energy_share_falls_from_one_to_the_area_share_as_the_grid_coarsens():
+    lesions = np.zeros((64, 64), bool)
+    lesions[20:23, 40:43] = True  # a 3-px microaneurysm
+    field = np.ones_like(lesions)
+    shares = [ideal_energy_share(lesions, field, s) for s in (1, 2, 4, 8, 16, 32, 64)]
+    assert shares[0] == 1.0
+    assert all(a > b for a, b in zip(shares, shares[1:]))
+    assert shares[-1] == pytest.approx(lesion_area_share(lesions, field))  # one cell: a uniform map
+    # Only the field counts: the part of the blob past its edge carries no mass.
+    half = np.ones_like(field)
+    half[:, 42:] = False
+    assert ideal_energy_share(lesions, half, 8) > shares[3]
+
+
+def test_ideal_energy_share_needs_lesions_a_field_and_a_stride():
+    field = np.ones((16, 16), bool)
+    assert math.isnan(ideal_energy_share(np.zeros_like(field), field, 8))
+    lesions = np.zeros_like(field)
+    lesions[3, 3] = True
+    assert math.isnan(ideal_energy_share(lesions, np.zeros_like(field), 8))
+    for bad in (0, -8, 2.5):
+        with pytest.raises(ValueError, match="stride"):
+            ideal_energy_share(lesions, field, bad)
+    with pytest.raises(ValueError, match="one shape"):
+        ideal_energy_share(lesions, field[:8], 8)
 
 
 def test_rank_correlation_is_spearman_with_mean_ranks_for_ties():

@@ -65,6 +65,10 @@ def test_report_holds_every_section(report_html, photo_run):
                  "test_efficientnet", "Model randomisation", "microaneurysms"):
         assert text in report_html, text
     assert f"{m['qwk']:.3f}" in report_html
+    # The localisation table sets each lift beside its ideal (the masks drawn on the map's grid).
+    loc = next(iter(m["groups"][0]["methods"].values()))["localisation"]["all"]
+    assert "Ideal lift (median)" in report_html
+    assert f"{loc['ideal_lift']:.1f}× ({loc['ideal_lift_median']:.1f}×)" in report_html
     for sentence in m["observations"]:
         assert sentence.split(": ", 1)[1][:40].replace("'", "&#39;") in report_html
 

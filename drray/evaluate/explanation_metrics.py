@@ -9,6 +9,8 @@ plain aggregate of table columns, so DuckDB gives the same number:
       chance baseline   avg(lesion_area)                what a uniform map puts inside the lesions
     energy lift         avg(energy_in_lesions) / avg(lesion_area)   1 = no better than a uniform map
     median lift         median(energy_in_lesions / lesion_area)     each image's own lift, its median
+    ideal lift          avg(ideal_energy) / avg(lesion_area)        the same for the ideal map on the layer's grid
+                        (the masks drawn in its cells): what that resolution allows; median too
     per lesion type t   hit rate and avg(energy_t) over rows where energy_t is not null (images holding t);
                         the table has no per-type area, so energy_t has no chance baseline
     optic-disc share    avg(od_energy)                  over rows where od_energy is not null (a shortcut detector)
@@ -64,7 +66,24 @@ def localisation_summary(rows: pd.DataFrame, n_boot: int = 1000, seed: int = 0) 
     lift, lo, hi = bootstrap_ratio_interval(energy, area, n_boot=n_boot, seed=seed)
     out.update({"energy_lift": _f(lift), "energy_lift_ci_low": _f(lo), "energy_lift_ci_high": _f(hi)})
     out["energy_lift_median"] = median_lift(energy, area)
+    out.update(ideal_lift(les))
     return out
+
+
+def ideal_lift(rows: pd.DataFrame) -> dict[str, Any]:
+    """Pooled and median lift of the ideal map (`ideal_energy`: the masks drawn on the target layer's grid).
+
+    The figure a map's own lift is read against: at stride 8 a grade-4 eye's many small
+    haemorrhages cannot hold more of a map's mass than this even when the map shows each of them
+    exactly. None for tables written before the column existed (or without masks).
+    """
+    if "ideal_energy" not in rows:
+        return {"ideal_lift": None, "ideal_lift_median": None}
+    ideal, area = _floats(rows, "ideal_energy"), _floats(rows, "lesion_area")
+    ok = np.isfinite(ideal) & np.isfinite(area)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pooled = ideal[ok].mean() / area[ok].mean() if ok.any() else None
+    return {"ideal_lift": _f(pooled), "ideal_lift_median": median_lift(ideal, area)}
 
 
 def median_lift(energy: np.ndarray, area: np.ndarray) -> float | None:

@@ -11,8 +11,10 @@ peak and no distribution: `peak` returns None, `entropy` and `energy_share` retu
 
 Baselines make those scores readable: `chance_hit_rate` is what a peak dropped uniformly at
 random inside the field of view scores in the pointing game (computed exactly, no sampling), and
-`lesion_area_share` is what a uniform map scores in `energy_share`. `rank_correlation` compares
-two maps of one image (the model-randomisation sanity check, drray.cam.sanity).
+`lesion_area_share` is what a uniform map scores in `energy_share`. `ideal_energy_share` is the other
+end: the share a map drawn from the lesion masks themselves reaches when it has only a stride-s
+grid to draw on, as a CAM of a layer at output stride s has. `rank_correlation` compares two maps
+of one image (the model-randomisation sanity check, drray.cam.sanity).
 """
 
 from __future__ import annotations
@@ -144,6 +146,64 @@ def lesion_area_share(lesions: np.ndarray, field: np.ndarray) -> float:
     lesions, field = _check_field(lesions, field)
     n = int(field.sum())
     return float(np.count_nonzero(lesions & field) / n) if n else float("nan")
+
+
+def _area_matrix(n_cells: int, n_px: int) -> np.ndarray:
+    """(n_cells, n_px): row j averages the pixels under cell j of a grid of n_cells spanning n_px (fractional edges)."""
+    edges = np.arange(n_cells + 1) * (n_px / n_cells)
+    px = np.arange(n_px)
+    overlap = np.clip(np.minimum(edges[1:, None], px + 1) - np.maximum(edges[:-1, None], px), 0.0, None)
+    return overlap / overlap.sum(axis=1, keepdims=True)
+
+
+def _bilinear_matrix(n_px: int, n_cells: int) -> np.ndarray:
+    """(n_px, n_cells): linear interpolation with half-pixel centres, clamped at the edges.
+
+    What torch's bilinear upsampling (align_corners=False) and cv2.INTER_LINEAR do along one axis,
+    so a map built here is spread over the image as drray spreads a CAM (drray.cam.maps.upsample_maps).
+    """
+    x = np.clip((np.arange(n_px) + 0.5) * (n_cells / n_px) - 0.5, 0.0, n_cells - 1)
+    lo = np.floor(x).astype(int)
+    hi = np.minimum(lo + 1, n_cells - 1)
+    w = np.zeros((n_px, n_cells))
+    np.add.at(w, (np.arange(n_px), lo), 1.0 - (x - lo))
+    np.add.at(w, (np.arange(n_px), hi), x - lo)
+    return w
+
+
+def lesions_on_grid(lesions: np.ndarray, stride: int) -> np.ndarray:
+    """The lesion mask drawn as a map on an output-stride-`stride` grid: each cell's lesion share, upsampled.
+
+    The grid has ceil(H / stride) x ceil(W / stride) cells (a strided layer's map over an H x W input);
+    each holds the share of its pixels that are lesion, and the cells are interpolated back to
+    (H, W) bilinearly as a CAM is. Of every map that layer could give, this is the one that shows
+    each lesion in proportion and nothing else: what a perfect explanation looks like at that grid.
+    """
+    m = np.asarray(lesions)
+    if m.ndim != 2 or m.size == 0:
+        raise ValueError(f"lesions must be a non-empty (H, W) mask, got shape {m.shape}")
+    if int(stride) != stride or stride < 1:
+        raise ValueError(f"stride must be a positive integer, got {stride!r}")
+    h, w = m.shape
+    gh, gw = -(-h // int(stride)), -(-w // int(stride))
+    cells = _area_matrix(gh, h) @ m.astype(np.float64) @ _area_matrix(gw, w).T
+    return _bilinear_matrix(h, gh) @ cells @ _bilinear_matrix(w, gw).T
+
+
+def ideal_energy_share(lesions: np.ndarray, field: np.ndarray, stride: int) -> float:
+    """`energy_share` of `lesions_on_grid` inside the field: what an ideal map at output stride `stride` scores.
+
+    A CAM is a bilinear upsampling of its layer's grid, so at stride 8 a 3-pixel microaneurysm is
+    at best a blob of about 8 pixels, most of it on healthy retina. The ideal map shows every lesion
+    in proportion and nothing else; set against a map's own `energy_share` it separates what the
+    resolution forbids from what the model looks at. (It is not a strict upper bound: a map lighting
+    only the densest lesion cell scores higher, by leaving the other lesions out.) NaN without
+    lesions or without a field.
+    """
+    lesions, field = _check_field(lesions, field)
+    if not lesions.any() or not field.any():
+        return float("nan")
+    return energy_share(np.where(field, lesions_on_grid(lesions, stride), 0.0), lesions)
 
 
 def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:

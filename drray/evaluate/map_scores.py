@@ -65,6 +65,7 @@ def map_scores(
     cam_size: int,
     tolerance: float,
     field_of_view: np.ndarray | None = None,
+    grid_stride: int | None = None,
 ) -> dict[str, Any]:
     """Columns of one explanation row that depend on the map.
 
@@ -78,6 +79,10 @@ def map_scores(
     (lesion pixels / field pixels) and
     `chance_hit` (the exact share of the field within the tolerance of a lesion pixel: what a peak
     dropped at random in the fundus scores).
+    grid_stride: output stride of the layer the map was computed at (its finest, for a fused target);
+    with masks and a field it gives `ideal_energy`, the `energy_in_lesions` of the ideal map on that
+    grid (drray.evaluate.localisation.ideal_energy_share): how much of a map's mass can sit on these
+    lesions at all once they are drawn in cells of that size.
     Lesion scores are null where the image has no pixel of that type (no mask, or an empty one):
     there is nothing to point at, and a share of 0 would only restate the absence.
     """
@@ -105,6 +110,7 @@ def map_scores(
         **{f"energy_{t}": None for t in LESION_TYPES},
         "lesion_area": None,
         "chance_hit": None,
+        "ideal_energy": None,
     }
     if mask_bits is None:
         return row
@@ -117,6 +123,10 @@ def map_scores(
 
             row["lesion_area"] = lesion_area_share(lesions, field_of_view)
             row["chance_hit"] = chance_hit_rate(lesions, field_of_view, tolerance * side)
+            if grid_stride:
+                from drray.evaluate.localisation import ideal_energy_share
+
+                row["ideal_energy"] = finite_or_none(ideal_energy_share(lesions, field_of_view, grid_stride))
     for t in LESION_TYPES + (OPTIC_DISC,):
         m = unpack_mask(mask_bits, t)
         if m.any():

@@ -6,8 +6,8 @@
 Families and their metrics (cam_method is null for grading):
     grading        n, qwk, accuracy, macro_f1, referable_auc, sensitivity, specificity, ece,
                    images (per true grade), confusion (grade x pred_grade counts)
-    localisation   pointing_hit_rate, energy_in_lesions, energy_lift, energy_lift_median (all images, or per
-                   true grade), od_energy
+    localisation   pointing_hit_rate, energy_in_lesions, energy_lift, energy_lift_median, ideal_lift,
+                   ideal_lift_median (all images, or per true grade), od_energy
     lesion_type    pointing_hit_rate, energy_share (images holding that lesion type)
     error_bucket   images, pointing_hit_rate, energy_in_lesions, energy_lift per exact / off_by_one / gross
     concentration  cam_entropy, peak_share (all, or per true grade)
@@ -62,6 +62,11 @@ def _localisation(fam: dict[str, Any], s: dict[str, Any], **where: Any) -> Itera
     if s.get("energy_lift_median") is not None:
         yield _row(**fam, **where, metric="energy_lift_median", value=s["energy_lift_median"],
                    n=s["energy_in_lesions_n"], baseline=1.0, baseline_metric="uniform map")
+    # The lift of the masks drawn on the map's grid: what that resolution allows (drray.evaluate.localisation).
+    for name in ("ideal_lift", "ideal_lift_median"):
+        if s.get(name) is not None:
+            yield _row(**fam, **where, metric=name, value=s[name], n=s["energy_in_lesions_n"], baseline=1.0,
+                       baseline_metric="uniform map")
 
 
 def _mean(fam: dict[str, Any], s: dict[str, Any], name: str, metric: str | None = None,

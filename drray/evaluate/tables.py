@@ -21,7 +21,7 @@ KEYS = ("dataset", "split", "model_id")
 SCORE_COLUMNS = (
     "image_id", "dataset", "split", "label", "model_id", "pred", "referable_prob", "cam_method",
     "cam_entropy", "pointing_hit", "energy_in_lesions", *[f"energy_{t}" for t in LESION_TYPES],
-    "od_energy", "lesion_area", "chance_hit", "quality_ok", "peak_y", "peak_x",
+    "od_energy", "lesion_area", "chance_hit", "ideal_energy", "quality_ok", "peak_y", "peak_x",
 )
 """Explanation columns evaluation reads (plus `probs` as five p0..p4 columns and `peak_share`)."""
 
