@@ -6,8 +6,9 @@ stride 8, 16, 32; a transformer has one token grid) and at each pair of neighbou
 (`layer2+layer3`: the two maps multiplied, from the same pass), with every candidate method, and each
 map is scored as the explanation table scores it (the pointing game inside the fundus, energy in lesions).
 The (stride, method) with the highest pointing-game hit rate wins; rates within one binomial standard
-error of the best count as ties, which go to the higher energy lift (mean energy in lesions / mean
-lesion area share), then to the earlier candidate (finer strides first; methods in the order given). The card gets `cam_target_layer`,
+error of the best (the plus-four estimate, which does not vanish at a perfect score) count as ties,
+which go to the higher energy lift (mean energy in lesions / mean lesion area share), then to the
+earlier candidate (finer strides first; methods in the order given). The card gets `cam_target_layer`,
 `cam_target_stride`, `cam_method` and `cam_selection` (every candidate's scores and the split they
 were measured on), so `drray explain`, `drray serve` and `drray.explain_image` use the choice without
 being told.
@@ -111,6 +112,17 @@ class CamSelection:
                                for row in self.table().to_dict("records")]}
 
 
+def hit_rate_standard_error(rate: float, images: int) -> float:
+    """Standard error of a hit rate over `images` images, by the plus-four (Agresti-Coull) estimate.
+
+    The plain sqrt(p (1 - p) / n) is 0 at a perfect score, which would make 77 of 77 differ from 76
+    of 77; adding two hits and two misses keeps the spread that a finite sample has (0.017 there).
+    """
+    n = images + 4
+    p = (rate * images + 2) / n
+    return math.sqrt(p * (1 - p) / n)
+
+
 def rank(candidates: Sequence[Candidate]) -> list[Candidate]:
     """Best first: the highest hit rate, where rates within one binomial standard error of the best count as
     a tie (the one-standard-error rule: on ~100 images two hit rates 0.03 apart are not told apart), broken by
@@ -127,7 +139,7 @@ def rank(candidates: Sequence[Candidate]) -> list[Candidate]:
     if not ranked or not np.isfinite(ranked[0].hit_rate) or ranked[0].images < 1:
         return ranked
     top = ranked[0]
-    band = top.hit_rate - math.sqrt(top.hit_rate * (1 - top.hit_rate) / top.images)
+    band = top.hit_rate - hit_rate_standard_error(top.hit_rate, top.images)
     tied = [c for c in ranked if finite(c.hit_rate) >= band]
     tied.sort(key=lambda c: (-finite(c.lift), -finite(c.hit_rate), order[id(c)]))
     return tied + [c for c in ranked if finite(c.hit_rate) < band]
