@@ -177,6 +177,26 @@ def test_train_ordinal_head_stores_thresholds_fitted_on_validation(ray_session, 
     assert -1.0 <= test_metrics["qwk"] <= 1.0 and test_metrics["model_id"] == card.model_id
 
 
+def test_epoch_seeds_differ_by_seed_epoch_and_rank_and_repeat():
+    from drray.training.loop import epoch_seed
+
+    seeds = {epoch_seed(s, e, r) for s in (0, 1) for e in range(20) for r in range(4)}
+    assert len(seeds) == 2 * 20 * 4 and all(0 <= x < 2 ** 32 for x in seeds)
+    assert epoch_seed(0, 3, 1) == epoch_seed(0, 3, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_one_config_trains_one_model(ray_session, tiny_manifest, tmp_path):
+    """Same config and seed, same weights to the byte: batch order and augmentation follow the seed."""
+    from drray.training.train import train
+
+    cfg = tiny_config(tmp_path, "train.epochs=2", "train.early_stopping_patience=0")
+    weights = [(Path(train(cfg, tmp_path / f"run{k}", manifest=tiny_manifest).model_dir) / "weights.safetensors")
+               .read_bytes() for k in range(2)]
+    assert weights[0] == weights[1]
+
+
 def test_hub_and_local_dir_backbone_names_pass_the_config_check(tmp_path):
     """Every name timm.create_model accepts is a valid model.backbone, not only registered ones."""
     for name in ("hf-hub:timm/resnet18.a1_in1k", "local-dir:/models/my-resnet"):

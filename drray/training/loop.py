@@ -209,8 +209,22 @@ def validate(model, shard, device, batch_size: int, head: str, seed: int = 0) ->
     return {"metrics": metrics, "report": report}
 
 
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of one worker's epoch (batch order and augmentation): fixed by the run's seed alone.
+
+    Two runs of one config train the same model (Ray Data's local shuffle is otherwise seeded
+    from the clock). Derived afresh each epoch rather than carried over from the last, so a run
+    resumed from a checkpoint after epoch k sees epoch k + 1's batches and augmentations as an
+    uninterrupted run does.
+    """
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
 def train_epoch(model, optimizer, shard, device, *, cfg: Config, class_weights, step: int,
-                total_steps: int, warmup_steps: int, drop_last: bool, generator) -> dict[str, Any]:
+                total_steps: int, warmup_steps: int, drop_last: bool, generator,
+                shuffle_seed: int | None = None) -> dict[str, Any]:
     """One pass over this worker's training shard; returns loss, images and the next global step."""
     import torch
 
@@ -225,7 +239,7 @@ def train_epoch(model, optimizer, shard, device, *, cfg: Config, class_weights, 
     start = time.perf_counter()
     it = shard.iter_torch_batches(
         batch_size=bs, collate_fn=_collate(), drop_last=drop_last, prefetch_batches=2,
-        local_shuffle_buffer_size=bs * 4, local_shuffle_seed=None,
+        local_shuffle_buffer_size=bs * 4, local_shuffle_seed=shuffle_seed,
     )
     for batch in it:
         if t.limit_train_batches is not None and batches >= t.limit_train_batches:
@@ -283,8 +297,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     # Ray pins OMP threads to the whole-CPU count of the worker; use every core it was given.
     torch.set_num_threads(max(1, math.ceil(t.cpus_per_worker)))
     torch.manual_seed(t.seed + rank)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(t.seed * 1000 + rank)
+    generator = torch.Generator(device=device)  # augmentation; seeded each epoch (epoch_seed)
 
     def make_optimizer(model):
         return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
@@ -325,9 +338,11 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     pg_hex = pg.id.hex() if pg is not None else ""
 
     for epoch in range(state["epoch"], t.epochs):
+        seed = epoch_seed(t.seed, epoch, rank)
+        generator.manual_seed(seed)
         tr = train_epoch(model, optimizer, train_shard, device, cfg=cfg, class_weights=class_weights,
                          step=state["step"], total_steps=total_steps, warmup_steps=warmup_steps,
-                         drop_last=drop_last, generator=generator)
+                         drop_last=drop_last, generator=generator, shuffle_seed=seed)
         val = validate(model, val_shard, device, t.batch_size, core.card.head, seed=t.seed)
         qwk = val["metrics"]["val_qwk"]
         improved = qwk > state["best_val_qwk"]

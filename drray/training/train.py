@@ -127,6 +127,9 @@ def split_datasets(manifest: str, cfg: Config, splits: Sequence[str] = ("train",
                            num_cpus=cfg.data.decode_cpus, max_pixels=cfg.data.max_image_pixels)
         # Same num_cpus as the decode step, so Ray Data fuses both into one task per block.
         ds = ds.map_batches(_keep_readable, batch_format="numpy", num_cpus=cfg.data.decode_cpus)
+        # Rows in manifest order, not in the order decode tasks finish: with the seeded shuffle of each
+        # epoch (drray.training.loop.epoch_seed), one config then trains one model.
+        ds.context.execution_options.preserve_order = True
         if cfg.train.materialize:
             ds = ds.materialize()
             kept = ds.count()
@@ -154,7 +157,7 @@ def loop_config(cfg: Config, data: SplitData) -> dict[str, Any]:
 
 def build_trainer(cfg: Config, data: SplitData, *, name: str, storage_path: str, callbacks: list | None = None):
     """One TorchTrainer over `data` (keeps the best checkpoint by val QWK and the latest, for resume)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from drray.training.loop import worker_loop
@@ -178,7 +181,17 @@ def build_trainer(cfg: Config, data: SplitData, *, name: str, storage_path: str,
             callbacks=callbacks or [],
         ),
         datasets=data.datasets,
+        dataset_config=DataConfig(execution_options=_ordered_ingest()),
     )
+
+
+def _ordered_ingest():
+    """Ray Train's default ingest options with the order kept: each rank gets the same rows every run."""
+    from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
 
 
 def export_model(checkpoint: Any, out_dir: str | os.PathLike) -> str:
