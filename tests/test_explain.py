@@ -167,7 +167,7 @@ def test_map_scores_with_masks_and_null_for_absent_types():
 @pytest.mark.timeout(30)
 def test_map_scores_inside_the_field_of_view_compare_with_chance_like_for_like():
     """A peak in the black border is no answer: maps are scored (and stored) inside the fundus."""
-    from drray.evaluate.map_scores import disc_mask
+    from drray.data.dataset import disc_mask
 
     size = 20
     field = disc_mask(9.5, 9.5, 8.0, size)

@@ -107,6 +107,14 @@ def geometry_of(prep: Prepared, shape: tuple[int, int]) -> dict[str, Any]:
                 orig_w=int(shape[1]), quality_ok=bool(prep.quality_ok), **field_columns(prep))
 
 
+def disc_mask(cy: float, cx: float, r: float, size: int) -> np.ndarray | None:
+    """(size, size) bool: the field-of-view disc on the prepared grid; None when no circle was found (r <= 0)."""
+    if r <= 0:
+        return None
+    yy, xx = np.ogrid[:size, :size]
+    return (xx - float(cx)) ** 2 + (yy - float(cy)) ** 2 <= float(r) * float(r)
+
+
 def field_mask(geometry: Any, size: int) -> np.ndarray | None:
     """(size, size) bool: the fundus the network sees, on the prepared grid; None when no fundus was found.
 
@@ -115,8 +123,6 @@ def field_mask(geometry: Any, size: int) -> np.ndarray | None:
     rim) within the band of rows and columns that hold fundus, so the black past the cut of a
     cut-off or letterboxed field (common in APTOS and EyePACS) is left out too.
     """
-    from drray.evaluate.map_scores import disc_mask
-
     if not bool(geometry["quality_ok"]):
         return None
     disc = disc_mask(float(geometry["fov_cy"]), float(geometry["fov_cx"]), float(geometry["fov_r"]), size)

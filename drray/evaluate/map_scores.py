@@ -29,14 +29,6 @@ def shrink_map(cam: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(cam, (size, size), interpolation=interp)
 
 
-def disc_mask(cy: float, cx: float, r: float, size: int) -> np.ndarray | None:
-    """(size, size) bool: the field-of-view disc on the prepared grid; None when no circle was found (r <= 0)."""
-    if r <= 0:
-        return None
-    yy, xx = np.ogrid[:size, :size]
-    return (xx - float(cx)) ** 2 + (yy - float(cy)) ** 2 <= float(r) * float(r)
-
-
 def within_field(cam: np.ndarray, field_of_view: np.ndarray | None) -> np.ndarray:
     """The map restricted to the fundus: zero outside the field of view, rescaled to a maximum of 1.
 
