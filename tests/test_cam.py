@@ -145,6 +145,23 @@ def test_outputs_shapes_and_ranges():
     assert small.shape == (4, 32, 24)
 
 
+def test_cpu_batches_run_channels_last_with_the_same_maps():
+    model = family_model("resnet")
+    x = images(2)
+    seen = []
+    handle = model.register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    try:
+        nchw = CamEngine(model)(x)
+        nhwc = CamEngine(model)(x.contiguous(memory_format=torch.channels_last))
+    finally:
+        handle.remove()
+    assert seen == [True, True]  # oneDNN's fast layout, whatever the caller's
+    assert x.is_contiguous()  # the caller's tensor is left as it was
+    torch.testing.assert_close(nchw["cams"], nhwc["cams"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(nchw["logits"], nhwc["logits"])
+
+
 def test_several_methods_share_one_call():
     model = family_model("convnext")
     x = images(2)
