@@ -1,20 +1,22 @@
 """CAM validity: do the maps land on the lesions the model uses? Pointing game per family, stride and method.
 
 One run, side by side: render drray's synthetic fundus set (lesion masks known exactly), ingest
-it, train each family briefly on the train split (a plain in-process torch loop with the Ray
-Train loop's loss, augmentation, schedule and ordinal calibration, on the same decoded and
-preprocessed images), then explain the test split at each target stride with every fast CAM
-method and score each map against the masks:
+it, train each family briefly on the train split (an in-process loop over drray's own training
+step, `drray.training.loop.train_step`: the Ray Train loop's normalisation, augmentation, loss,
+schedule and ordinal calibration, on the same decoded and preprocessed images), then explain the
+test split at each target stride with every fast CAM method and score each map against the masks
+as drray's explanation rows are scored (`drray.scores.map_scores.map_scores`, inside the field of
+view of each photograph's decode geometry):
 
 - hit: pointing game (the map's peak within drray's tolerance, 2% of the image side, of a lesion
   pixel), over all lesion images, correctly graded ones, grade 1 (microaneurysms only) and >= 2;
 - lift: mean share of map energy inside lesions over the mean share of the field they cover
   (a uniform map scores 1); med: the median over images of each image's own ratio;
-- chance: the mean exact chance hit rate (drray.evaluate.localisation.chance_hit_rate), what a
+- chance: the mean exact chance hit rate (drray.scores.localisation.chance_hit_rate), what a
   peak dropped at random inside the field of view scores;
 - ideal: the lift, pooled as `lift` is, of the ideal map at the target's (finest) grid: the
   lesion masks themselves drawn on it, every lesion in proportion and nothing else
-  (drray.evaluate.localisation.ideal_energy_share). A CAM is its layer's grid upsampled, so at
+  (drray.scores.localisation.ideal_energy_share). A CAM is its layer's grid upsampled, so at
   stride 8 a 3-px microaneurysm is at best a cell-sized blob: `lift` over `ideal` is how much of
   what the resolution allows the maps reach;
 - random: the hit rate of the same method on copies with every block re-initialised
@@ -44,7 +46,7 @@ import os
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,12 +56,19 @@ FAMILIES = ["test_resnet", "test_efficientnet", "test_convnext", "test_vit"]
 
 @dataclass
 class Split:
-    """Decoded images of one split: uint8 (N, S, S, 3), grades, lesion masks and fields of view (N, S, S)."""
+    """Decoded images of one split: uint8 (N, S, S, 3) and grades; for the scored split, each image's decode
+    geometry (crop box, field of view) and lesion bits, as drray scores maps with them."""
 
     images: np.ndarray
     labels: np.ndarray
-    lesions: np.ndarray
-    fields: np.ndarray
+    geometries: list = field(default_factory=list)
+    masks: list = field(default_factory=list)
+
+    def has_lesions(self) -> np.ndarray:
+        from drray.data.mask_bits import unpack_mask
+        from drray.schema import LESION_TYPES
+
+        return np.array([unpack_mask(m, LESION_TYPES).any() for m in self.masks], dtype=bool)
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -79,47 +88,40 @@ def build_data(out: Path, args) -> Path:
 def decode_split(manifest: Path, split: str, prep, scored: bool) -> Split:
     """Every readable row of `split`, preprocessed exactly as training and `drray explain` do.
 
-    scored: also decode the lesion masks and find the field of view (the split the maps are scored on).
+    scored: also decode the lesion masks (the split the maps are scored on).
     """
     import cv2
 
-    from drray.data.dataset import decode_record, field_mask, load_manifest, manifest_base_dir, resolve_path, unpack_mask
-    from drray.schema import LESION_TYPES, MASK_COLUMNS, MASK_TYPES
+    from drray.data.dataset import load_manifest, manifest_base_dir
+    from drray.data.decode import decode_record
+    from drray.schema import MASK_COLUMNS, MASK_TYPES
+    from drray.storage import resolve_path
 
     cv2.setNumThreads(1)
     rows = load_manifest(str(manifest), split)
     base = manifest_base_dir(str(manifest))
-    images, labels, lesions, fields = [], [], [], []
+    decoded, labels = [], []
     for _, row in rows.iterrows():
-        path = resolve_path(row["path"], base)
         masks = {t: resolve_path(row[c], base) if isinstance(row[c], str) and row[c] else None
                  for t, c in zip(MASK_TYPES, MASK_COLUMNS)} if scored else None
-        d = decode_record(path, prep, masks)
-        if d.error_reason:
-            continue
-        images.append(d.image)
-        labels.append(int(row["label"]))
-        if scored:
-            g = d.geometry
-            lesions.append(unpack_mask(d.masks, LESION_TYPES))
-            # The fundus the network sees, as drray scores its maps (drray.data.dataset.field_columns).
-            field = field_mask(g, prep.image_size)
-            fields.append(field if field is not None else np.ones((prep.image_size,) * 2, bool))
-    empty = np.zeros((0,), bool)
-    return Split(np.stack(images), np.asarray(labels), np.stack(lesions) if scored else empty,
-                 np.stack(fields) if scored else empty)
+        d = decode_record(resolve_path(row["path"], base), prep, masks)
+        if not d.error_reason:
+            decoded.append(d)
+            labels.append(int(row["label"]))
+    return Split(np.stack([d.image for d in decoded]), np.asarray(labels),
+                 [d.geometry for d in decoded] if scored else [], [d.masks for d in decoded] if scored else [])
 
 
 # -------------------------------------------------------------------------------------- training
 def train_family(name: str, train: Split, val: Split, prep, args, epochs: int):
-    """A drray model trained as `drray train` trains it (loss, augmentation, schedule, calibration), best val QWK."""
+    """A drray model trained with `drray train`'s training step (normalisation, augmentation, loss), schedule and
+    ordinal calibration; the epoch of the best val QWK."""
     import torch
 
-    from drray.evaluate.metrics import quadratic_weighted_kappa
+    from drray.inference import forward_outputs
     from drray.models.model import create_model, fit_ordinal_temperature, fit_ordinal_thresholds
-    from drray.training.augment import augment, to_float
-    from drray.training.loop import _loss as training_loss  # the Ray Train loop's own loss
-    from drray.training.loop import lr_factor
+    from drray.scores.grading import quadratic_weighted_kappa
+    from drray.training.loop import lr_factor, train_step
     from drray.training.train import class_weights
 
     torch.manual_seed(args.seed)
@@ -127,25 +129,21 @@ def train_family(name: str, train: Split, val: Split, prep, args, epochs: int):
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     weights = torch.tensor(class_weights(train.labels), dtype=torch.float32)
     generator = torch.Generator().manual_seed(args.seed)
-    mean, std = model.mean, model.std
     images, labels = torch.from_numpy(train.images), torch.from_numpy(train.labels.astype(np.int64))
     per_epoch = max(1, len(labels) // args.batch)
     total, warmup = per_epoch * epochs, per_epoch  # one warm-up epoch, as the demo recipe
     best, step, start = (-math.inf, None, None, 0), 0, time.perf_counter()
+    cpu = torch.device("cpu")
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(labels), generator=generator)
         for b in range(per_epoch):
             idx = order[b * args.batch:(b + 1) * args.batch]
-            x = (augment(to_float(images[idx]), generator=generator) - mean) / std
-            for group in optimizer.param_groups:
-                group["lr"] = args.lr * lr_factor(step, warmup, total)
-            loss = training_loss(model(x), labels[idx], model.head, weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            train_step(model, optimizer, images[idx], labels[idx], lr=args.lr * lr_factor(step, warmup, total),
+                       class_weights=weights, generator=generator)
             step += 1
-        outputs = forward_all(model, val.images)
+        model.eval()
+        outputs = torch.cat([forward_outputs(model, val.images[i:i + 32], cpu) for i in range(0, len(val.images), 32)])
         if model.head == "ordinal":
             t = fit_ordinal_thresholds(outputs[:, 0].numpy(), val.labels)
             model.set_ordinal_calibration(t, fit_ordinal_temperature(outputs[:, 0].numpy(), val.labels, t))
@@ -158,15 +156,6 @@ def train_family(name: str, train: Split, val: Split, prep, args, epochs: int):
     print(f"  trained {name}: {epochs} epochs in {time.perf_counter() - start:.0f} s, "
           f"best val QWK {best[0]:.3f} at epoch {best[3]}", flush=True)
     return model.eval()
-
-
-def forward_all(model, images: np.ndarray, batch: int = 32):
-    import torch
-
-    model.eval()
-    with torch.inference_mode():
-        return torch.cat([model(model.normalize(torch.from_numpy(images[i:i + batch])))
-                          for i in range(0, len(images), batch)]).float()
 
 
 def trained_model(name: str, out: Path, data: dict[str, Split], prep, args, epochs: int):
@@ -202,17 +191,17 @@ def median_cost(model, engine, x, rounds: int) -> float:
     return statistics.median(ratios)
 
 
-def score_family(name: str, model, test: Split, baselines: dict[str, np.ndarray], args) -> list[dict]:
+def score_family(name: str, model, test: Split, args) -> list[dict]:
     """One row per (stride, method): the figures of the module docstring."""
     import torch
 
     from drray.cam import CamEngine, randomised_copy
     from drray.cam.sanity import cascade_blocks
     from drray.cam.target_layers import fused_name, stride_layers
-    from drray.evaluate.localisation import energy_share, pointing_hit, rank_correlation
-    from drray.evaluate.map_scores import within_field
-    from drray.evaluate.metrics import quadratic_weighted_kappa
     from drray.explain.randomisation import expected_hit
+    from drray.scores.grading import quadratic_weighted_kappa
+    from drray.scores.localisation import rank_correlation
+    from drray.scores.map_scores import map_scores
 
     # One random network is one fixed function: its peaks land wherever its weights favour, so its hit
     # rate swings from seed to seed; the mean over several draws estimates what random weights score.
@@ -224,13 +213,21 @@ def score_family(name: str, model, test: Split, baselines: dict[str, np.ndarray]
     if args.fuse:
         targets += [dict(target_layer=fused_name([available[a][0], available[b][0]]))
                     for a, b in zip(strides, strides[1:])]
-    has = test.lesions.reshape(len(test.lesions), -1).any(axis=1)
-    tol = args.tolerance * test.images.shape[1]
+    has = test.has_lesions()
+    size = test.images.shape[1]
+    fields = [g.field_mask(size) for g in test.geometries]
     rows = []
     for target in targets:
         engine = CamEngine(model, method=args.methods[0], **target)
         r_engines = [CamEngine(r, method=args.methods[0], **target) for r in rands]
-        stats = {m: {"hit": [], "rhit": [], "energy": [], "rho": []} for m in args.methods}
+
+        def score(cam, k: int):
+            # As drray's explanation rows are scored: inside the fundus of the photograph's decode geometry.
+            return map_scores(cam.numpy(), test.geometries[k], test.masks[k], cam_size=args.cam_size,
+                              tolerance=args.tolerance, grid_stride=engine.target_stride)
+
+        keys = ("hit", "rhit", "energy", "rho", "chance", "area", "ideal")
+        stats = {m: {k: [] for k in keys} for m in args.methods}
         preds = []
         for i in range(0, len(test.images), args.batch):
             x = model.normalize(torch.from_numpy(test.images[i:i + args.batch]))
@@ -242,22 +239,22 @@ def score_family(name: str, model, test: Split, baselines: dict[str, np.ndarray]
                 if not has[k]:
                     continue
                 for m in args.methods:
-                    # Scored inside the fundus, as drray's explanation rows are (within_field).
-                    cam = within_field(out["cams_by_method"][m][j].numpy(), test.fields[k])
-                    r_cams = [within_field(r["cams_by_method"][m][j].numpy(), test.fields[k]) for r in r_outs]
-                    s = stats[m]
-                    s["hit"].append(pointing_hit(cam, test.lesions[k], tol))
+                    trained = score(out["cams_by_method"][m][j], k)
+                    randoms = [score(r["cams_by_method"][m][j], k) for r in r_outs]
+                    c, st = trained.columns, stats[m]
+                    st["hit"].append(c["pointing_hit"])
                     # A random copy's empty map scores the image's chance rate, as in randomisation.parquet.
-                    s["rhit"].append(np.mean([expected_hit(pointing_hit(r, test.lesions[k], tol),
-                                                           baselines["chance"][k], not (r > 0).any())
-                                              for r in r_cams]))
-                    s["energy"].append(energy_share(cam, test.lesions[k]))
+                    st["rhit"].append(np.mean([expected_hit(r.columns["pointing_hit"], r.columns["chance_hit"],
+                                                            not (r.cam > 0).any()) for r in randoms]))
+                    for key, column in (("energy", "energy_in_lesions"), ("chance", "chance_hit"),
+                                        ("area", "lesion_area"), ("ideal", "ideal_energy")):
+                        st[key].append(c[column])
                     # Inside the field (the zeros outside would agree), every 4th pixel: the maps are
                     # bilinear upsamplings, the ranks barely change.
-                    inside = test.fields[k][::4, ::4]
+                    inside = fields[k][::4, ::4] if fields[k] is not None else slice(None)
                     # An empty random map has no ranks (NaN): left out, as randomisation.parquet stores null.
-                    s["rho"].append(_mean(np.array([rank_correlation(cam[::4, ::4][inside], r[::4, ::4][inside])
-                                                    for r in r_cams])))
+                    st["rho"].append(_mean(np.array([rank_correlation(trained.cam[::4, ::4][inside],
+                                                                      r.cam[::4, ::4][inside]) for r in randoms])))
         preds = np.concatenate(preds)
         labels = test.labels[has]
         correct = preds[has] == labels
@@ -266,23 +263,22 @@ def score_family(name: str, model, test: Split, baselines: dict[str, np.ndarray]
                   f"{(preds == test.labels).mean():.3f}; {int(has.sum())} lesion images, {int(correct.sum())} "
                   f"graded correctly, {int((labels == 1).sum())} of grade 1", flush=True)
             print(HEADER, flush=True)
-        ideal = baselines["ideal"](min(_strides_of(engine, available)))
         for m in args.methods:
-            s = {k: np.asarray(v, dtype=np.float64) for k, v in stats[m].items()}
+            st = {k: np.asarray(v, dtype=np.float64) for k, v in stats[m].items()}
             cost_engine = CamEngine(model, method=m, **target)
             x = model.normalize(torch.from_numpy(test.images[:args.batch]))
             rows.append({
                 "family": name, "stride": "+".join(map(str, _strides_of(engine, available))),
                 "layer": engine.target_layer_name, "method": m,
                 "n": int(has.sum()), "n_correct": int(correct.sum()), "n_grade1": int((labels == 1).sum()),
-                "hit": _mean(s["hit"]), "hit_correct": _mean(s["hit"][correct]),
-                "hit_grade1": _mean(s["hit"][labels == 1]), "hit_grade2plus": _mean(s["hit"][labels >= 2]),
-                "lift": _mean(s["energy"]) / _mean(baselines["area"][has]),
-                "lift_median": _median(s["energy"] / baselines["area"][has]),
-                "chance": _mean(baselines["chance"][has]),
-                "ideal": _mean(ideal[has]) / _mean(baselines["area"][has]),
-                "ideal_median": _median(ideal[has] / baselines["area"][has]),
-                "random_hit": _mean(s["rhit"]), "random_rho": _mean(s["rho"]),
+                "hit": _mean(st["hit"]), "hit_correct": _mean(st["hit"][correct]),
+                "hit_grade1": _mean(st["hit"][labels == 1]), "hit_grade2plus": _mean(st["hit"][labels >= 2]),
+                "lift": _mean(st["energy"]) / _mean(st["area"]),
+                "lift_median": _median(st["energy"] / st["area"]),
+                "chance": _mean(st["chance"]),
+                "ideal": _mean(st["ideal"]) / _mean(st["area"]),
+                "ideal_median": _median(st["ideal"] / st["area"]),
+                "random_hit": _mean(st["rhit"]), "random_rho": _mean(st["rho"]),
                 "cost": median_cost(model, cost_engine, x, args.timing_rounds),
                 "test_accuracy": float((preds == test.labels).mean()),
                 "test_qwk": quadratic_weighted_kappa(test.labels, preds),
@@ -318,21 +314,6 @@ def _row(r: dict) -> str:
             f"{r['ideal']:5.1f} "
             f"{r['chance']:6.2f} "
             f"{r['random_hit']:6.2f} {r['random_rho']:5.2f} {r['cost']:4.2f}x")
-
-
-def baselines_of(test: Split, tolerance_px: float) -> dict:
-    """Per test image: chance hit rate, lesion area share, and "ideal": stride -> each image's ideal energy share."""
-    from functools import cache
-
-    from drray.evaluate.localisation import chance_hit_rate, ideal_energy_share, lesion_area_share
-
-    @cache
-    def ideal(stride: int) -> np.ndarray:
-        return np.array([ideal_energy_share(les, f, stride) for les, f in zip(test.lesions, test.fields)])
-
-    return {"chance": np.array([chance_hit_rate(les, f, tolerance_px) for les, f in zip(test.lesions, test.fields)]),
-            "area": np.array([lesion_area_share(les, f) for les, f in zip(test.lesions, test.fields)]),
-            "ideal": ideal}
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -377,6 +358,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.methods = args.methods or [n for n, m in CAM_METHODS.items() if m.fast]
     args.tolerance = CamConfig().pointing_tolerance if args.tolerance is None else args.tolerance
+    args.cam_size = CamConfig().cam_size
     tmp = tempfile.TemporaryDirectory(prefix="drray_cam_validity_") if args.out is None else None
     out = Path(tmp.name) if tmp is not None else args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -385,8 +367,7 @@ def main() -> None:
     manifest = build_data(out, args)
     data = {s: decode_split(manifest, s, prep, scored=s == "test") for s in ("train", "val", "test")}
     test = data["test"]
-    baselines = baselines_of(test, args.tolerance * args.image_size)
-    n_les = int(test.lesions.reshape(len(test.labels), -1).any(axis=1).sum())
+    n_les = int(test.has_lesions().sum())
     print(f"CAM validity: {args.n} synthetic images at {args.synth_size} px -> {args.image_size} px "
           f"(Ben Graham {'on' if args.ben_graham else 'off'}), {args.head} head, {args.epochs} epochs"
           f"{'' if args.other_epochs is None else f' ({args.other_epochs} after the first family)'}; "
@@ -397,7 +378,7 @@ def main() -> None:
     for i, name in enumerate(args.families):
         epochs = args.epochs if i == 0 or args.other_epochs is None else args.other_epochs
         model = trained_model(name, out, data, prep, args, epochs)
-        rows += score_family(name, model, test, baselines, args)
+        rows += score_family(name, model, test, args)
     (out / "cam_validity.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                        "rows": rows}, indent=1))
     print(f"hit: pointing game over lesion images (correct: correctly graded; grade1; >=2); lift: energy in lesions "

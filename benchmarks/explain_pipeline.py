@@ -3,7 +3,7 @@
 Measured side by side in one run, on the same images, model, CAM method and batch size:
 
 1. plain loop: one process, `cpus` torch threads, batch after batch: decode + preprocess
-   (drray.data.dataset.decode_batch), predict + CAM + scores + overlay (drray.explain.actor.Explainer, the
+   (drray.data.decode.decode_batch), predict + CAM + scores + overlay (drray.explain.actor.BatchExplainer, the
    same callable the actors run), Parquet part files (drray.explain.sink.write_part), with the
    local Ray instance idle beside it.
 2. `explain(...)` on a local Ray instance of `cpus` CPUs (decode tasks, actor pool, write tasks).
@@ -124,7 +124,7 @@ def manifest_batch(chunk) -> dict:
     """Manifest rows -> the numpy batch drray.data.dataset.build_dataset hands decode_batch (label -1 = unknown)."""
     import numpy as np
 
-    from drray.data.dataset import PASSTHROUGH_COLUMNS
+    from drray.data.decode import PASSTHROUGH_COLUMNS
     from drray.schema import MASK_COLUMNS
 
     batch = {}
@@ -140,10 +140,11 @@ def plain_loop(manifest: Path, model_dir: Path, out: Path, args) -> float:
     """Seconds for the single-process loop over every image of `manifest` (model loading included)."""
     import torch
 
-    from drray.config import CamConfig
-    from drray.data.dataset import decode_batch, load_manifest, manifest_base_dir
+    from drray.config import CamConfig, ExplainConfig
+    from drray.data.dataset import load_manifest, manifest_base_dir
+    from drray.data.decode import decode_batch
     from drray.explain.sink import write_part
-    from drray.explain.actor import Explainer
+    from drray.explain.actor import BatchExplainer
     from drray.models.card import CARD_FILE, ModelCard
 
     torch.set_num_threads(args.cpus)
@@ -151,9 +152,9 @@ def plain_loop(manifest: Path, model_dir: Path, out: Path, args) -> float:
     df = load_manifest(manifest)
     base = manifest_base_dir(manifest)
     prep = ModelCard.read(model_dir / CARD_FILE).preprocess_config()
-    cam = CamConfig(batch_size=args.batch_size, gpus_per_actor=args.gpus_per_actor, target_stride=args.stride,
-                    sanity_images=0)
-    explainer = Explainer(str(model_dir), args.methods, cam)
+    cam = CamConfig(target_stride=args.stride)
+    job = ExplainConfig(batch_size=args.batch_size, gpus_per_actor=args.gpus_per_actor, sanity_images=0)
+    explainer = BatchExplainer(str(model_dir), args.methods, cam, job)
     for k, lo in enumerate(range(0, len(df), args.batch_size)):
         batch = manifest_batch(df.iloc[lo:lo + args.batch_size])
         # The same work as the pipeline's decode step: the colour crop for the overlay too.
@@ -163,14 +164,15 @@ def plain_loop(manifest: Path, model_dir: Path, out: Path, args) -> float:
 
 
 def pipeline(manifest: Path, model_dir: Path, out: Path, methods: list[str], args) -> tuple[float, int]:
-    from drray.config import CamConfig
+    from drray.config import CamConfig, ExplainConfig
     from drray.explain.pipeline import explain
 
-    cam = CamConfig(batch_size=args.batch_size, num_actors=args.actors, cpus_per_actor=args.actor_cpus,
-                    torch_threads=args.torch_threads, gpus_per_actor=args.gpus_per_actor,
-                    target_stride=args.stride, sanity_images=0)  # its fixed per-run cost is not per image
+    job = ExplainConfig(batch_size=args.batch_size, num_actors=args.actors, cpus_per_actor=args.actor_cpus,
+                        torch_threads=args.torch_threads, gpus_per_actor=args.gpus_per_actor,
+                        sanity_images=0)  # its fixed per-run cost is not per image
     start = time.perf_counter()
-    result = explain(manifest, model_dir, out, methods=methods, cam=cam, decode_cpus=args.decode_cpus)
+    result = explain(manifest, model_dir, out, methods=methods, cam=CamConfig(target_stride=args.stride), job=job,
+                     decode_cpus=args.decode_cpus)
     return time.perf_counter() - start, result.rows_written
 
 

@@ -31,15 +31,15 @@ MIB = 1024 * 1024
 
 
 def run(manifest: Path, model_dir: Path, out: Path, methods: list[str], args) -> dict:
-    from drray.config import CamConfig
+    from drray.config import CamConfig, ExplainConfig
     from drray.explain.pipeline import explain
 
-    cam = CamConfig(batch_size=args.batch_size, num_actors=args.actors, cpus_per_actor=args.actor_cpus,
-                    torch_threads=args.torch_threads, target_stride=args.stride,
-                    sanity_images=0)  # its fixed per-run cost is not per image
+    job = ExplainConfig(batch_size=args.batch_size, num_actors=args.actors, cpus_per_actor=args.actor_cpus,
+                        torch_threads=args.torch_threads, sanity_images=0)  # its fixed per-run cost is not per image
     with PeakRSS() as mem:
         start = time.perf_counter()
-        result = explain(manifest, model_dir, out, methods=methods, cam=cam, decode_cpus=args.decode_cpus)
+        result = explain(manifest, model_dir, out, methods=methods, cam=CamConfig(target_stride=args.stride),
+                         job=job, decode_cpus=args.decode_cpus)
         seconds = time.perf_counter() - start
     return {"images": result.images, "rows": result.rows_written, "seconds": seconds,
             "images_per_s": result.images / seconds, "driver_mib": mem.driver / MIB,

@@ -135,13 +135,14 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> int:
 def cmd_explain(args: argparse.Namespace, console: Console) -> int:
     from drray import storage
     from drray.explain.pipeline import explain
+    from drray.models.card import CARD_FILE
     from drray.rundir import RunDir
 
     cfg = _load_config(args)
     manifest, out = _manifest_and_out(args, cfg)
     model_dir = args.model or RunDir(out).model
-    if not storage.is_file(storage.join(model_dir, "model.json")):
-        raise UsageError(f"{str(model_dir)!r} is not a model dir (no model.json); train one with `drray tune`")
+    if not storage.is_file(storage.join(model_dir, CARD_FILE)):
+        raise UsageError(f"{str(model_dir)!r} is not a model dir (no {CARD_FILE}); train one with `drray tune`")
     methods = None
     if args.methods is not None:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -149,10 +150,10 @@ def cmd_explain(args: argparse.Namespace, console: Console) -> int:
     if args.select_layer:
         from drray.explain.select_layer import select_cam_target
 
-        selection = select_cam_target(manifest, model_dir, split=cfg.cam.select_split, cam=cfg.cam,
-                                      max_pixels=cfg.data.max_image_pixels, seed=cfg.data.seed)
+        selection = select_cam_target(manifest, model_dir, split=cfg.explain.select_split, cam=cfg.cam,
+                                      job=cfg.explain, max_pixels=cfg.data.max_image_pixels, seed=cfg.data.seed)
         console.print(selection.summary())
-    result = explain(manifest, model_dir, out, methods=methods, cam=cfg.cam, split=split,
+    result = explain(manifest, model_dir, out, methods=methods, cam=cfg.cam, job=cfg.explain, split=split,
                      max_pixels=cfg.data.max_image_pixels, decode_cpus=cfg.data.decode_cpus, console=console)
     console.print(result.summary())
     return 0
@@ -197,11 +198,12 @@ def cmd_query(args: argparse.Namespace, console: Console) -> int:
 # ---------------------------------------------------------------------------------------- serve
 def cmd_serve(args: argparse.Namespace, console: Console) -> int:
     from drray import storage
+    from drray.models.card import CARD_FILE
 
     cfg = _load_config(args)
     model_dir = args.model or cfg.serve.model_dir
-    if not storage.is_file(storage.join(model_dir, "model.json")):
-        raise UsageError(f"{str(model_dir)!r} is not a model dir (no model.json); train one with `drray demo` "
+    if not storage.is_file(storage.join(model_dir, CARD_FILE)):
+        raise UsageError(f"{str(model_dir)!r} is not a model dir (no {CARD_FILE}); train one with `drray demo` "
                          "or `drray tune`, or name one with --model")
     serve_and_wait(console, model_dir, cfg, args.run)
     return 0
@@ -247,6 +249,7 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
 # ------------------------------------------------------------------------------------- the parser
 def build_parser() -> argparse.ArgumentParser:
     from drray.evaluate.query import FORMATS
+    from drray.rundir import DEFAULT, DEFAULT_RUN
     from drray.schema import SOURCES
 
     parser = argparse.ArgumentParser(
@@ -293,27 +296,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "card's chosen method); '' predicts only")
     p.add_argument("--split", default=None, help="comma-separated splits to explain (default: all rows)")
     p.add_argument("--select-layer", action="store_true",
-                   help="first choose the CAM layer and method by the pointing game on cam.select_split's lesion "
+                   help="first choose the CAM layer and method by the pointing game on explain.select_split's lesion "
                         "masks and write them into the model card")
     p.add_argument("--out", default=None, help="run directory (default: the manifest's folder)")
     _add_common(p)
     p.set_defaults(func=cmd_explain, run_dir="manifest_or_out")
 
     p = sub.add_parser("evaluate", help="metrics.json + metrics.parquet from a run's explanations; the observations")
-    p.add_argument("--run", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--run", default=DEFAULT_RUN, help=f"run directory (default {DEFAULT_RUN})")
     p.add_argument("--out", default=None, help="where metrics go (default: the run directory)")
     _add_common(p)
     p.set_defaults(func=cmd_evaluate, run_dir="out_or_run")
 
     p = sub.add_parser("report", help="one self-contained HTML report of a run: metrics, observations, galleries")
-    p.add_argument("--run", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--run", default=DEFAULT_RUN, help=f"run directory (default {DEFAULT_RUN})")
     p.add_argument("--out", default=None, help="where report.html goes (default: the run directory)")
     _add_common(p)
     p.set_defaults(func=cmd_report, run_dir="out_or_run")
 
     p = sub.add_parser("query", help="SQL (DuckDB) over a run directory's tables")
     p.add_argument("sql", help="e.g. \"select reason, count(*) from errors group by all\"")
-    p.add_argument("--run", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--run", default=DEFAULT_RUN, help=f"run directory (default {DEFAULT_RUN})")
     p.add_argument("--format", default="table", choices=FORMATS, help="how the result is printed (default table)")
     p.add_argument("--output", default=None, help="write the result to FILE (.parquet, or text in --format)")
     p.add_argument("--max-rows", dest="max_rows", type=int, default=50, help="rows printed as a table (default 50)")
@@ -323,14 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo", help="the main job on the built-in synthetic set (recipe: configs/synth_demo.yaml)"
     )
-    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--out", default=DEFAULT_RUN, help=f"run directory (default {DEFAULT_RUN})")
     p.add_argument("--no-serve", dest="no_serve", action="store_true",
                    help="stop after the report instead of serving the model (page and REST API) until Ctrl-C")
     _add_common(p)
     p.set_defaults(func=cmd_demo, run_dir="out")
 
     p = sub.add_parser("serve", help="live explanations: REST API and Gradio page on Ray Serve (until Ctrl-C)")
-    p.add_argument("--model", default=None, help="model dir (default serve.model_dir: runs/demo/model)")
+    p.add_argument("--model", default=None, help=f"model dir (default serve.model_dir: {DEFAULT.model})")
     p.add_argument("--run", default=None, help="run directory the Explore tab opens (default: the model's run)")
     _add_common(p)
     p.set_defaults(func=cmd_serve, run_dir="serve")

@@ -21,7 +21,7 @@ def run_demo(cfg: Config, out: str | os.PathLike, console: Console | None = None
     from drray.evaluate.report import report
     from drray.explain.pipeline import explain
     from drray.inference import default_methods
-    from drray.models.model import read_card
+    from drray.models.card import read_card
     from drray.training.tune import tune
 
     console = console or Console()
@@ -53,7 +53,7 @@ def run_demo(cfg: Config, out: str | os.PathLike, console: Console | None = None
 
     methods = cfg.cam.methods if cfg.cam.methods is not None else default_methods(read_card(run.model), None)
     step = console.step(4, n, "explain", f"test split, {', '.join(methods)}")
-    explained = explain(run.manifest, run.model, run.root, cam=cfg.cam, split="test",
+    explained = explain(run.manifest, run.model, run.root, cam=cfg.cam, job=cfg.explain, split="test",
                         max_pixels=cfg.data.max_image_pixels, decode_cpus=cfg.data.decode_cpus, console=console)
     errors = sum(explained.errors.values())
     step.done(f"{explained.rows_written} rows for {explained.images} images, {errors} errors "

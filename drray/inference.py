@@ -3,11 +3,14 @@
     predictor = Predictor.from_model_dir("runs/demo/model", methods=["gradcam"])
     p = predictor.predict(images)          # images: (B, S, S, 3) uint8, prepared with the model's preprocessing
     e = predictor.explain(images)          # + one (B, S, S) map in [0, 1] per method
+    rows = predictor.score_maps(e.maps["gradcam"], geometries, masks)   # each map's explanation-row columns
     result = predictor.explain_image("eye.jpg")   # read, preprocess, explain, score, overlay: one dict
 
-Batch explanation (drray.explain.actor), evaluation (drray.evaluate.evaluate), training's
-validation (drray.training.loop), `drray.explain_image` and serving (drray.serve) all go through
-here, so "uint8 batch -> normalise -> model -> grade probabilities -> maps" is written once.
+Batch explanation (drray.explain.actor), the randomisation check and layer selection
+(drray.explain), grading a split (drray.explain.grade), training's validation
+(drray.training.loop), `drray.explain_image` and serving (drray.serve) all go through here, so
+"uint8 batch -> normalise -> model -> grade probabilities -> maps -> scored columns" is written
+once; the scores themselves are drray.scores'.
 The model dir carries its preprocessing (model.json), so a photograph becomes the same network
 input in training, batch explanation and serving.
 """
@@ -31,9 +34,11 @@ from drray.schema import GRADE_NAMES, REFERABLE_MIN_GRADE, REFERABLE_THRESHOLD
 if TYPE_CHECKING:
     import torch
 
+    from drray.data.geometry import Geometry
     from drray.data.images import Photo
     from drray.data.preprocess import Prepared
     from drray.models.model import DRModel, ModelFiles
+    from drray.scores.map_scores import ScoredMap
 
 log = logging.getLogger(__name__)
 
@@ -238,14 +243,37 @@ class Predictor:
                     out.faithfulness[m] = faithfulness_scores(self.model, x, out.maps[m], tgt, out.targets, out.preds)
         return out
 
-    def score_map(self, cam: np.ndarray, mask_bits: np.ndarray | None, box: tuple[int, int, int],
-                  orig_shape: tuple[int, int], field_of_view: np.ndarray | None = None) -> dict[str, Any]:
-        """The explanation-row columns of one map (drray.evaluate.map_scores) with this predictor's settings."""
-        from drray.evaluate.map_scores import map_scores
+    def score_maps(self, maps: Sequence[np.ndarray], geometries: Sequence["Geometry"],
+                   masks: Sequence[np.ndarray | None] | None = None, backgrounds: Sequence[np.ndarray] | None = None,
+                   *, overlay_size: int | None = None, overlay_alpha: float = 0.4) -> list["ScoredMap"]:
+        """One method's maps of a batch -> each map clipped to its field of view, with its explanation-row columns.
 
+        The one scoring step of drray (drray.scores.map_scores): the explain actors, the randomisation
+        check, layer selection and serving all call it, and add only their own columns.
+        maps: (B, S, S) maps in [0, 1] on the input grid (`explain`'s `maps[method]`).
+        geometries: each photograph's `drray.data.geometry.Geometry` (crop box, field of view).
+        masks: each photograph's lesion bits (drray.data.mask_bits), or None: lesion scores stay null.
+        backgrounds: (s, s, 3) uint8 photographs the overlay is drawn on, cropped to the crop box as
+        the map is; None draws none. overlay_size: its side (default `cam.overlay_size`).
+        """
+        from drray.cam.overlay import blend, encode_png
+        from drray.scores.map_scores import map_scores
+
+        if len(geometries) != len(maps) or (masks is not None and len(masks) != len(maps)) or (
+                backgrounds is not None and len(backgrounds) != len(maps)):
+            raise ValueError(f"score_maps: {len(maps)} maps need one geometry (got {len(geometries)}), and one "
+                             f"mask and background each where given")
         stride = self._engine.target_stride if self._engine is not None else None
-        return map_scores(cam, mask_bits, box, orig_shape, self.cam.cam_size, self.cam.pointing_tolerance,
-                          field_of_view=field_of_view, grid_stride=stride)
+        size = int(overlay_size or self.cam.overlay_size)
+        scored = []
+        for i, cam in enumerate(maps):
+            s = map_scores(cam, geometries[i], None if masks is None else masks[i], cam_size=self.cam.cam_size,
+                           tolerance=self.cam.pointing_tolerance, grid_stride=stride)
+            if backgrounds is not None:
+                s.overlay = blend(backgrounds[i], s.cam, size, overlay_alpha)
+                s.columns["overlay_png"] = encode_png(s.overlay)
+            scored.append(s)
+        return scored
 
     # ------------------------------------------------------------------------------- one image
     # explain_image in three steps, so a server can run the middle one on a batch of photographs:
@@ -257,7 +285,7 @@ class Predictor:
         image: a file path, encoded bytes (JPEG, PNG, ...), or an (H, W, 3) uint8 RGB array.
         ben_graham: override the model's Ben Graham setting (None keeps what it was trained with).
         """
-        from drray.data.dataset import decode_photo_prepared
+        from drray.data.decode import decode_photo_prepared
         from drray.data.images import Photo, read_bytes
         from drray.data.preprocess import prepare
 
@@ -295,18 +323,16 @@ class Predictor:
         keep_background: also return `background`, the crop of the colour photograph the overlay is
         drawn on, so a caller can redraw the overlay at another opacity without the model.
         """
-        from drray.cam.overlay import blend, colorize, encode_png
+        from drray.cam.overlay import colorize, encode_png
         from drray.data.preprocess import crop_resized
-        from drray.evaluate.map_scores import within_field
 
         prepared, photo = item.prepared, item.photo
-        cam = within_field(out.maps[method][index], field_disc(prepared))
-        box = (prepared.box.y0, prepared.box.x0, prepared.box.side)
-        scores = self.score_map(cam, None, box, photo.shape)
         size = int(overlay_size or max(self.cam.overlay_size, min(512, prepared.box.side // photo.scale)))
         # The map covers the crop box exactly: drawn on the colour photograph cut to that box.
         background = crop_resized(photo.rgb, prepared.box, size, photo.scale)
-        overlay = blend(background, cam, size, overlay_alpha)
+        scored = self.score_maps(out.maps[method][index:index + 1], [item.geometry], backgrounds=[background],
+                                 overlay_size=size, overlay_alpha=overlay_alpha)[0]
+        cam, scores = scored.cam, scored.columns
         grade, referable_prob = int(out.preds[index]), float(out.referable_prob[index])
         explained = int(out.targets[index]) if out.targets is not None else -1
         result = {
@@ -322,8 +348,8 @@ class Predictor:
             "target_layer": self.target_layer,
             "cam": cam,
             "cam_png": encode_png(colorize(cam)),
-            "overlay": overlay,
-            "overlay_png": encode_png(overlay),
+            "overlay": scored.overlay,
+            "overlay_png": scores["overlay_png"],
             "peak_y": scores["peak_y"],
             "peak_x": scores["peak_x"],
             "cam_entropy": scores["cam_entropy"],
@@ -363,14 +389,6 @@ class Predictor:
         return result
 
 
-def field_disc(prepared: "Prepared") -> np.ndarray | None:
-    """(S, S) bool: the fundus the network sees in a prepared photograph; None when none was found
-    (`drray.data.dataset.field_mask`)."""
-    from drray.data.dataset import field_columns, field_mask
-
-    return field_mask({"quality_ok": prepared.quality_ok, **field_columns(prepared)}, prepared.image.shape[0])
-
-
 @dataclass
 class PhotoInput:
     """One photograph read and preprocessed for a predictor (`Predictor.prepare_photo`)."""
@@ -380,6 +398,13 @@ class PhotoInput:
     photo: "Photo"
     """The decoded photograph the overlay is drawn on."""
     preprocess_ms: float
+
+    @property
+    def geometry(self) -> "Geometry":
+        """The crop box and field of view its map is scored in, as the decode step gives them for a file."""
+        from drray.data.geometry import Geometry
+
+        return Geometry.of(self.prepared, self.photo.shape)
 
 
 def explain_image(image: "str | os.PathLike | bytes | np.ndarray", model_dir: str | os.PathLike,

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 from drray import storage
 
+DEFAULT_RUN = "runs/demo"
+"""The run directory commands read and write when none is named: where `drray demo` puts its run."""
 CONFIG = "config.json"
 MANIFEST = "manifest.parquet"
 INGEST_ERRORS = "ingest_errors.parquet"
@@ -172,3 +174,7 @@ class RunDir:
             if t.view == view:
                 return self.path(t.name)
         raise ValueError(f"unknown table {view!r}; a run directory has {', '.join(t.view for t in TABLES)}")
+
+
+DEFAULT = RunDir(DEFAULT_RUN)
+"""The names inside `DEFAULT_RUN` (runs/demo/manifest.parquet, runs/demo/model, ...)."""

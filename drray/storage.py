@@ -50,6 +50,13 @@ def join(location: str | os.PathLike, *parts: str) -> str:
     return os.path.join(location, *parts)
 
 
+def resolve_path(path: str, base: str | os.PathLike | None) -> str:
+    """`path` as written in a manifest: absolute (local or a URI) as it is, else relative to `base` (local or a URI)."""
+    if base is None or os.path.isabs(path) or is_uri(path):
+        return path
+    return join(base, path)
+
+
 def exists(location: str | os.PathLike) -> bool:
     from pyarrow import fs as pafs
 

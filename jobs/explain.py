@@ -2,7 +2,7 @@
 
     ray job submit --address http://HEAD:8265 --working-dir . -- \
         python jobs/explain.py --manifest runs/demo/manifest.parquet --model runs/demo/model \
-        --methods gradcam,gradcam++ --out runs/demo cam.num_actors=4 cam.gpus_per_actor=1
+        --methods gradcam,gradcam++ --out runs/demo explain.num_actors=4 explain.gpus_per_actor=1
 
 Inside a Ray job RAY_ADDRESS is set, so the pipeline runs on the cluster that received the job.
 Rerunning the same job resumes: images already in OUT/explanations are skipped.

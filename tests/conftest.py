@@ -1,4 +1,4 @@
-"""Shared fixtures: one Ray instance for the whole session, tiny synthetic data, a local S3 endpoint."""
+"""Shared fixtures: one Ray instance for the whole session, the serve tests' application, a local S3 endpoint."""
 
 from __future__ import annotations
 
@@ -45,6 +45,16 @@ def ray_session():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server(ray_session, tmp_path_factory, request):
+    """The Serve application the serve test modules share (tests/test_serve_support.py): started by the first
+    that asks, shut down after the last, so the CPUs it holds go back to the tests after them."""
+    import test_serve_support as support
+
+    yield support.shared_server(tmp_path_factory)
+    support.release_if_last(request)
 
 
 @pytest.fixture(scope="session")

@@ -38,6 +38,26 @@ def test_bad_values_are_clear(override, message):
         Config.from_yaml(None, [override])
 
 
+@pytest.mark.parametrize("key", ["num_actors", "batch_size", "sanity_images", "select_layer", "gpus_per_actor"])
+def test_a_job_key_under_cam_names_its_new_place(key):
+    """How the batch job runs moved from `cam:` to `explain:`; an older recipe is told where each key went."""
+    with pytest.raises(ValueError, match=rf"cam\.{key} is now explain\.{key}"):
+        Config.from_yaml(None, [f"cam.{key}=1"])
+    assert getattr(Config.from_yaml(None, [f"explain.{key}=1"]).explain, key) == 1
+
+
+@pytest.mark.parametrize("override, message", [
+    ("explain.num_actors=0", "explain.num_actors must be >= 1"),
+    ("explain.select_methods=[]", "explain.select_methods is empty"),
+    ("explain.sanity_draws=0", "explain.sanity_draws must be >= 1"),
+    ("cam.target_stride=4", "cam.target_stride must be 8, 16, 32"),
+    ("cam.overlay_size=2", "cam.overlay_size must be >= 8"),
+])
+def test_explain_and_cam_sections_say_what_is_wrong(override, message):
+    with pytest.raises(ValueError, match=message):
+        Config.from_yaml(None, [override])
+
+
 def test_missing_file_is_clear(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Config.from_yaml(tmp_path / "nope.yaml")

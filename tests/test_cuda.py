@@ -48,7 +48,7 @@ def test_predictor_on_cuda_gives_the_cpu_grades():
 
 
 def test_explain_actors_on_one_gpu(ray_session, tmp_path):
-    from drray.config import CamConfig, SynthConfig
+    from drray.config import CamConfig, ExplainConfig, SynthConfig
     from drray.data.ingest import ingest
     from drray.data.synth import generate
     from drray.explain.pipeline import explain
@@ -57,6 +57,7 @@ def test_explain_actors_on_one_gpu(ray_session, tmp_path):
     generate(SynthConfig(n=16, size=128, seed=0), tmp_path / "synth", parallel=False)
     ingest("synth", tmp_path / "synth", tmp_path)
     save_model(_model(), tmp_path / "model")
-    cam = CamConfig(methods=["gradcam"], gpus_per_actor=1, cpus_per_actor=0.5, batch_size=8)
-    result = explain(tmp_path / "manifest.parquet", tmp_path / "model", tmp_path, cam=cam)
+    job = ExplainConfig(gpus_per_actor=1, cpus_per_actor=0.5, batch_size=8)
+    result = explain(tmp_path / "manifest.parquet", tmp_path / "model", tmp_path, cam=CamConfig(methods=["gradcam"]),
+                     job=job)
     assert result.rows_written == 16 and result.errors == {}

@@ -1,4 +1,5 @@
-"""drray.data.dataset: manifest rows become preprocessed images (and aligned lesion masks) in Ray tasks."""
+"""drray.data.decode and drray.data.dataset: manifest rows become preprocessed images (and aligned lesion masks)
+with their geometry, in Ray tasks."""
 
 from pathlib import Path
 
@@ -9,9 +10,11 @@ import pytest
 from PIL import Image
 
 import dataset_fixtures as fx
-import drray.data.dataset as dataset
+import drray.data.decode as decode
 from drray.config import PreprocessConfig
-from drray.data.dataset import build_dataset, decode_batch, decode_record, mask_bits, unpack_mask
+from drray.data.dataset import build_dataset
+from drray.data.decode import decode_batch, decode_record
+from drray.data.mask_bits import mask_bits, unpack_mask
 from drray.schema import MASK_COLUMNS, MASK_TYPES, Reason
 
 SIZE = 64
@@ -75,6 +78,24 @@ def test_decode_batch_aligns_masks_and_keeps_bad_rows(manifest: pd.DataFrame):
         assert lum[he].mean() < lum[fundus & ~he].mean()
 
 
+def test_a_decoded_batch_carries_each_photographs_geometry_as_its_decode_record_has_it(manifest: pd.DataFrame):
+    """One geometry record from decode to every consumer: the batch's columns read back to the record itself."""
+    from drray.data.geometry import COLUMNS, UNREADABLE, Geometry
+
+    cfg = PreprocessConfig(image_size=SIZE)
+    out = decode_batch({c: manifest[c].to_numpy() for c in manifest.columns}, cfg=cfg)
+    assert set(COLUMNS) <= set(out)
+    for i, path in enumerate(manifest["path"]):
+        record = decode_record(path, cfg).geometry
+        from_batch = Geometry.from_columns(out, i)
+        if i == len(manifest) - 1:  # the broken file: no box, no field
+            assert record == from_batch == UNREADABLE and from_batch.field_mask(SIZE) is None
+            continue
+        assert record.box == from_batch.box and record.orig_shape == from_batch.orig_shape == (96, 96)
+        assert from_batch.quality_ok and np.array_equal(record.field_mask(SIZE), from_batch.field_mask(SIZE))
+        assert Geometry.from_columns(record.columns()) == record
+
+
 @pytest.mark.timeout(120)
 def test_build_dataset_streams_rows(ray_session, manifest: pd.DataFrame):
     cfg = PreprocessConfig(image_size=SIZE)
@@ -95,19 +116,19 @@ def test_build_dataset_empty_split_is_clear(manifest: pd.DataFrame):
 def scales_used(monkeypatch) -> list[int]:
     """The scale of every decode `decode_record` makes, in order."""
     used: list[int] = []
-    real = dataset.decode_photo
+    real = decode.decode_photo
 
     def spy(*args, **kwargs):
         photo = real(*args, **kwargs)
         used.append(photo.scale)
         return photo
 
-    monkeypatch.setattr(dataset, "decode_photo", spy)
+    monkeypatch.setattr(decode, "decode_photo", spy)
     return used
 
 
 def _box(d) -> tuple[int, int, int]:
-    return d.geometry["box_y0"], d.geometry["box_x0"], d.geometry["box_side"]
+    return d.geometry.box_y0, d.geometry.box_x0, d.geometry.box_side
 
 
 def test_reduced_jpeg_keeps_masks_aligned(tmp_path: Path, scales_used):
@@ -123,7 +144,7 @@ def test_reduced_jpeg_keeps_masks_aligned(tmp_path: Path, scales_used):
     ref = decode_record(str(photo), cfg, {"he": str(mask_path)}, full_resolution=True)
     assert scales_used == [4, 1] and got.error_reason == ""
     for d in (got, ref):  # the original size, whatever the decode
-        assert (d.geometry["orig_h"], d.geometry["orig_w"]) == (2592, 3888)
+        assert d.geometry.orig_shape == (2592, 3888)
     assert max(abs(a - b) for a, b in zip(_box(got), _box(ref))) <= 1
     he, he_ref = unpack_mask(got.masks, "he"), unpack_mask(ref.masks, "he")
     assert (he & he_ref).sum() / (he | he_ref).sum() >= 0.9
@@ -141,6 +162,6 @@ def test_small_fundus_is_decoded_again_finer(tmp_path: Path, scales_used):
     got = decode_record(str(photo), cfg)
     ref = decode_record(str(photo), cfg, full_resolution=True)
     assert scales_used == [4, 2, 1]
-    assert got.geometry["box_side"] / 2 >= 1.25 * 384 and got.geometry["quality_ok"]
+    assert got.geometry.box_side / 2 >= 1.25 * 384 and got.geometry.quality_ok
     assert max(abs(a - b) for a, b in zip(_box(got), _box(ref))) <= 1
     assert np.abs(got.image.astype(float) - ref.image).mean() <= 1.0

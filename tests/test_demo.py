@@ -19,7 +19,7 @@ def test_demo_prints_a_short_console_and_writes_the_whole_run(tmp_path: Path):
     r = subprocess.run(
         [sys.executable, "-m", "drray", "demo", "--no-serve", "--out", str(out), "synth.n=80", "synth.size=128",
          "data.preprocess.image_size=64", "train.epochs=2", "tune.backbones=[test_resnet]", "tune.grace_period=1",
-         "cam.sanity_images=4"],
+         "explain.sanity_images=4"],
         capture_output=True, text=True, timeout=580, cwd=tmp_path, env={**os.environ, "TQDM_DISABLE": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     lines = (r.stdout + r.stderr).splitlines()

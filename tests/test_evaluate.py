@@ -28,24 +28,24 @@ def run(tmp_path_factory):
     return root
 
 
-def test_evaluate_model_grades_the_split_with_the_predictor(ray_session, run):
+def test_grade_split_grades_the_split_with_the_predictor(ray_session, run):
     from drray.data.ingest import read_manifest
-    from drray.evaluate.evaluate import evaluate_model
+    from drray.explain.grade import grade_split
 
-    m = evaluate_model(run / "model", run / "manifest.parquet", split="test", n_boot=50)
+    m = grade_split(run / "model", run / "manifest.parquet", split="test", n_boot=50)
     manifest = read_manifest(run / "manifest.parquet")
     assert m["n"] == int((manifest["split"] == "test").sum()) and m["skipped_unreadable"] == 0
     assert sum(m["label_counts"]) == sum(m["pred_counts"]) == m["n"]
 
 
-def test_evaluate_model_uses_the_pixel_limit_it_is_given(ray_session, run):
+def test_grade_split_uses_the_pixel_limit_it_is_given(ray_session, run):
     """Images admitted under a raised data.max_image_pixels are graded, not counted as unreadable."""
-    from drray.evaluate.evaluate import evaluate_model
+    from drray.explain.grade import grade_split
 
     # Below every image's size, every image is refused; at their size, every one is graded.
     with pytest.raises(ValueError, match="no readable labelled image"):
-        evaluate_model(run / "model", run / "manifest.parquet", split="test", max_pixels=96 * 96 - 1, n_boot=10)
-    m = evaluate_model(run / "model", run / "manifest.parquet", split="test", max_pixels=96 * 96, n_boot=10)
+        grade_split(run / "model", run / "manifest.parquet", split="test", max_pixels=96 * 96 - 1, n_boot=10)
+    m = grade_split(run / "model", run / "manifest.parquet", split="test", max_pixels=96 * 96, n_boot=10)
     assert m["n"] > 0 and m["skipped_unreadable"] == 0
 
 
@@ -79,7 +79,7 @@ def synthetic_explanations(n: int = 150, methods=("gradcam", "gradcam++"), seed:
                            image_ids=None, labels=None, predict_only: bool = False, unlabelled: int = 3) -> pa.Table:
     """Rows in EXPLANATIONS_SCHEMA, one per image and method, as `drray explain` writes them."""
     from drray.cam.overlay import colorize, encode_png
-    from drray.evaluate.localisation import entropy
+    from drray.scores.localisation import entropy
 
     rng = np.random.default_rng(seed)
     ids = list(image_ids) if image_ids is not None else [f"{dataset}_{split}_{i:04d}" for i in range(n)]
@@ -309,7 +309,7 @@ def test_explanation_figures_agree_with_duckdb(synthetic_run):
 
 
 def test_peak_share_is_max_over_sum_of_the_stored_map(synthetic_run):
-    from drray.evaluate.map_scores import decode_map
+    from drray.scores.map_scores import decode_map
 
     run, m = synthetic_run
     df = _con(run).execute("select label, cam, cam_h, cam_w from explanations "
@@ -382,17 +382,18 @@ def test_evaluate_writes_only_under_out_and_takes_an_explanations_folder(synthet
 
 # ----------------------------------------------------------------- end to end on a real tiny run
 @pytest.mark.timeout(240)
-def test_evaluate_run_on_a_real_explained_run_matches_evaluate_model(ray_session, run):
+def test_evaluate_run_on_a_real_explained_run_matches_grade_split(ray_session, run):
     """explain (Ray) -> evaluate_run -> report on a tiny ingested run: the same predictor, the same QWK."""
-    from drray.config import CamConfig
-    from drray.evaluate.evaluate import evaluate_model, evaluate_run
+    from drray.config import CamConfig, ExplainConfig
+    from drray.evaluate.evaluate import evaluate_run
+    from drray.explain.grade import grade_split
     from drray.evaluate.report import report
     from drray.explain.pipeline import explain
 
     explain(run / "manifest.parquet", run / "model", run, methods=["gradcam"], split="test",
-            cam=CamConfig(batch_size=8, cam_size=8, overlay_size=32))
+            cam=CamConfig(cam_size=8, overlay_size=32), job=ExplainConfig(batch_size=8))
     m = evaluate_run(run, n_boot=50)
-    direct = evaluate_model(run / "model", run / "manifest.parquet", split="test", n_boot=50)
+    direct = grade_split(run / "model", run / "manifest.parquet", split="test", n_boot=50)
     assert m["n"] == direct["n"] and m["groups"][0]["grading"]["confusion_matrix"] == direct["confusion_matrix"]
     assert m["qwk"] == pytest.approx(direct["qwk"], abs=1e-12)
     assert m["cam_method"] == "gradcam" and len(m["observations"]) == 3
@@ -432,7 +433,7 @@ def test_evaluate_run_and_report_on_object_storage(synthetic_run, bucket):
 @pytest.mark.timeout(60)
 def test_a_perfect_hit_rate_sits_inside_its_interval_and_plots():
     """Every map of a bucket on a lesion (as the demo's correctly graded images can be): 1.0 <= its upper bound."""
-    from drray.evaluate.intervals import wilson_interval
+    from drray.scores.intervals import wilson_interval
     from drray.evaluate.plots import buckets_png
 
     for n in range(1, 1001):  # at n = 80 the formula alone gives 0.9999999999999999

@@ -25,10 +25,12 @@ import pyarrow.dataset as pads
 import pytest
 from PIL import Image
 
-from drray.config import CamConfig, PreprocessConfig
-from drray.data.dataset import mask_bits
+from drray.config import CamConfig, ExplainConfig, PreprocessConfig
+from drray.data.mask_bits import mask_bits
 from drray.explain.pipeline import ExplainResult, plan_work
-from drray.evaluate.map_scores import map_scores, shrink_map
+from drray.data.geometry import Geometry
+from drray.scores.map_scores import map_scores as score_one_map
+from drray.scores.map_scores import shrink_map
 from drray.cam.overlay import blend, overlay_png
 from drray.schema import EXPLAIN_STREAM_SCHEMA, EXPLANATIONS_SCHEMA, MASK_COLUMNS, Reason
 
@@ -127,6 +129,25 @@ def read_errors(out: Path) -> pa.Table:
 
 
 # ------------------------------------------------------------------------------- row scoring
+def _geometry(box: tuple[int, int, int], shape: tuple[int, int], disc: tuple[float, float, float] | None = None,
+              size: int | None = None) -> Geometry:
+    """A decode geometry: crop `box` (y0, x0, side) of an (H, W) photograph, and a field-of-view disc
+    (cy, cx, r) on the prepared `size` grid, or none (no fundus found)."""
+    y0, x0, side = box
+    field = {}
+    if disc is not None:
+        cy, cx, r = disc
+        field = dict(fov_cy=cy, fov_cx=cx, fov_r=r, fov_top=0.0, fov_bottom=float(size), fov_left=0.0,
+                     fov_right=float(size))
+    return Geometry(y0, x0, side, shape[0], shape[1], quality_ok=disc is not None, **field)
+
+
+def map_scores(cam, bits, box, shape, cam_size, tolerance, disc=None, grid_stride=None) -> dict:
+    """The explanation-row columns `drray.scores.map_scores.map_scores` gives one map."""
+    geometry = _geometry(box, shape, disc, cam.shape[0])
+    return score_one_map(cam, geometry, bits, cam_size=cam_size, tolerance=tolerance, grid_stride=grid_stride).columns
+
+
 @pytest.mark.timeout(30)
 def test_map_scores_peak_goes_to_original_image_coordinates():
     cam = np.zeros((8, 8), np.float32)
@@ -167,17 +188,18 @@ def test_map_scores_with_masks_and_null_for_absent_types():
 @pytest.mark.timeout(30)
 def test_map_scores_inside_the_field_of_view_compare_with_chance_like_for_like():
     """A peak in the black border is no answer: maps are scored (and stored) inside the fundus."""
-    from drray.data.dataset import disc_mask
+    from drray.data.geometry import disc_mask
 
     size = 20
-    field = disc_mask(9.5, 9.5, 8.0, size)
+    disc = (9.5, 9.5, 8.0)
+    field = disc_mask(*disc, size)
     he = np.zeros((size, size), bool)
     he[9:11, 9:11] = True
     bits = mask_bits({"he": he}, (size, size))
     cam = np.zeros((size, size), np.float32)
     cam[0, 0] = 1.0  # the corner: outside the disc
     cam[10, 10] = 0.6  # on the lesion
-    row = map_scores(cam, bits, (0, 0, size), (size, size), cam_size=size, tolerance=0.0, field_of_view=field)
+    row = map_scores(cam, bits, (0, 0, size), (size, size), cam_size=size, tolerance=0.0, disc=disc)
     assert row["pointing_hit"] is True and row["energy_in_lesions"] == pytest.approx(1.0)
     stored = np.frombuffer(row["cam"], np.float16).reshape(size, size)
     assert stored[0, 0] == 0 and stored.max() == pytest.approx(1.0)
@@ -185,16 +207,16 @@ def test_map_scores_inside_the_field_of_view_compare_with_chance_like_for_like()
     assert unrestricted["pointing_hit"] is False  # without a field the corner wins
     # A uniform map scores exactly the lesion area share: the baseline `lesion_area` stands for.
     flat = map_scores(np.ones((size, size), np.float32), bits, (0, 0, size), (size, size), cam_size=size,
-                      tolerance=0.0, field_of_view=field)
+                      tolerance=0.0, disc=disc)
     assert flat["energy_in_lesions"] == pytest.approx(flat["lesion_area"])
     # The ideal map on the grid of the layer the map came from: exact at stride 1, the lesions drawn in
     # 4-px cells at stride 4, and nothing without the stride or the field.
-    from drray.evaluate.localisation import ideal_energy_share
+    from drray.scores.localisation import ideal_energy_share
 
     assert flat["ideal_energy"] is None
-    fine = map_scores(cam, bits, (0, 0, size), (size, size), cam_size=size, tolerance=0.0, field_of_view=field,
+    fine = map_scores(cam, bits, (0, 0, size), (size, size), cam_size=size, tolerance=0.0, disc=disc,
                       grid_stride=1)
-    coarse = map_scores(cam, bits, (0, 0, size), (size, size), cam_size=size, tolerance=0.0, field_of_view=field,
+    coarse = map_scores(cam, bits, (0, 0, size), (size, size), cam_size=size, tolerance=0.0, disc=disc,
                         grid_stride=4)
     assert fine["ideal_energy"] == pytest.approx(1.0)
     assert coarse["ideal_energy"] == pytest.approx(ideal_energy_share(he, field, 4))
@@ -235,7 +257,7 @@ def test_overlay_png_is_a_thumbnail_of_the_requested_size():
 
 
 def _decoded_batch(n: int, size: int) -> dict[str, np.ndarray]:
-    """What drray.data.dataset.decode_batch gives for n readable images without masks."""
+    """What drray.data.decode.decode_batch gives for n readable images (lesion-free masks, no field of view found)."""
     rng = np.random.default_rng(0)
     return {
         "image_id": np.array([f"i{k}" for k in range(n)], dtype=object),
@@ -247,18 +269,16 @@ def _decoded_batch(n: int, size: int) -> dict[str, np.ndarray]:
         "masks": np.zeros((n, size, size), np.uint8),
         "error_reason": np.array([""] * n, dtype=object),
         "error_detail": np.array([""] * n, dtype=object),
-        "box_y0": np.zeros(n, np.int32), "box_x0": np.zeros(n, np.int32), "box_side": np.full(n, size, np.int32),
-        "orig_h": np.full(n, size, np.int32), "orig_w": np.full(n, size, np.int32),
-        "quality_ok": np.ones(n, bool),
+        **{k: np.full(n, v) for k, v in Geometry(0, 0, size, size, size, quality_ok=True).columns().items()},
     }
 
 
 @pytest.mark.timeout(60)
 def test_explainer_isolates_the_image_the_model_fails_on(tmp_path):
-    from drray.explain.actor import Explainer
+    from drray.explain.actor import BatchExplainer
 
     save_tiny_model(tmp_path / "model")
-    explainer = Explainer(str(tmp_path / "model"), ["gradcam"], CamConfig(cam_size=8, overlay_size=16))
+    explainer = BatchExplainer(str(tmp_path / "model"), ["gradcam"], CamConfig(cam_size=8, overlay_size=16))
     real_explain = explainer.predictor.explain
 
     def explain_failing_on_black(images):
@@ -368,8 +388,9 @@ def test_explain_writes_the_schema_errors_and_reruns_idempotently(ray_session, f
     from drray.explain.pipeline import explain
 
     out = fundus_run["base"] / "out"
-    cam = CamConfig(batch_size=4, cam_size=16, overlay_size=48)
-    result = explain(fundus_run["manifest"], fundus_run["model"], out, methods=["gradcam", "GradCAM++"], cam=cam)
+    cam = CamConfig(cam_size=16, overlay_size=48)
+    result = explain(fundus_run["manifest"], fundus_run["model"], out, methods=["gradcam", "GradCAM++"], cam=cam,
+                     job=ExplainConfig(batch_size=4))
     good = N_IMAGES - 1
     assert result.methods == ["gradcam", "gradcam++"]
     assert result.images == N_IMAGES and result.rows_written == 2 * good
@@ -437,7 +458,7 @@ def test_predict_only_mode_writes_one_row_per_image_without_maps(ray_session, fu
     from drray.explain.pipeline import explain
 
     out = fundus_run["base"] / "predict_only"
-    result = explain(fundus_run["manifest"], fundus_run["model"], out, methods=(), cam=CamConfig(batch_size=8))
+    result = explain(fundus_run["manifest"], fundus_run["model"], out, methods=(), job=ExplainConfig(batch_size=8))
     assert result.methods == [] and result.rows_written == N_IMAGES - 1
     table = read_explanations(out)
     assert table.num_rows == N_IMAGES - 1
@@ -446,7 +467,7 @@ def test_predict_only_mode_writes_one_row_per_image_without_maps(ray_session, fu
     probs = np.array(table["probs"].to_pylist())
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(table["pred"].to_numpy(), probs.argmax(axis=1))
-    again = explain(fundus_run["manifest"], fundus_run["model"], out, methods=(), cam=CamConfig(batch_size=8))
+    again = explain(fundus_run["manifest"], fundus_run["model"], out, methods=(), job=ExplainConfig(batch_size=8))
     assert again.rows_written == 0 and again.skipped_done == N_IMAGES - 1
 
 
@@ -455,8 +476,8 @@ def test_faithfulness_flag_adds_road_scores(ray_session, fundus_run):
     from drray.explain.pipeline import explain
 
     out = fundus_run["base"] / "road"
-    cam = CamConfig(batch_size=4, faithfulness=True)
-    result = explain(fundus_run["manifest"], fundus_run["model"], out, methods=["gradcam"], cam=cam, split="test")
+    result = explain(fundus_run["manifest"], fundus_run["model"], out, methods=["gradcam"],
+                     cam=CamConfig(faithfulness=True), job=ExplainConfig(batch_size=4), split="test")
     assert result.rows_written >= 1
     road = read_explanations(out)["road_score"].to_numpy(zero_copy_only=False)
     assert len(road) == result.rows_written and np.isfinite(road.astype(float)).all()
@@ -513,10 +534,10 @@ def test_trained_model_points_at_lesions_more_often_than_random_weights(ray_sess
     save_model(train_tiny_model(size, layer), tmp_path / "trained")
     save_tiny_model(tmp_path / "random", size=size, seed=0, target_layer=layer)
     manifest = ingest_set(make_fundus_set(tmp_path / "data", 40, seed=7), tmp_path / "run")
-    cam = CamConfig(batch_size=8, pointing_tolerance=0.05)
+    cam, job = CamConfig(pointing_tolerance=0.05), ExplainConfig(batch_size=8)
     rates = {}
     for name in ("trained", "random"):
-        explain(manifest, tmp_path / name, tmp_path / f"out_{name}", methods=["gradcam"], cam=cam)
+        explain(manifest, tmp_path / name, tmp_path / f"out_{name}", methods=["gradcam"], cam=cam, job=job)
         t = read_explanations(tmp_path / f"out_{name}").to_pandas()
         lesion_rows = t[t["label"] >= 1]
         assert len(lesion_rows) == 20 and lesion_rows["pointing_hit"].notna().all()
@@ -534,7 +555,7 @@ CLUSTER_SCENARIO = textwrap.dedent("""
     import ray
     from ray.cluster_utils import Cluster
 
-    from drray.config import CamConfig
+    from drray.config import ExplainConfig
     from drray.explain.pipeline import explain
 
     manifest, model, out = sys.argv[1:4]
@@ -543,9 +564,10 @@ CLUSTER_SCENARIO = textwrap.dedent("""
     workers = [cluster.add_node(num_cpus=1, resources={"explainer": 1}) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
-    cam = CamConfig(batch_size=4, num_actors=2, actor_resources={"explainer": 1})
+    settings = ExplainConfig(batch_size=4, num_actors=2, actor_resources={"explainer": 1})
     result = {}
-    job = threading.Thread(target=lambda: result.update(r=explain(manifest, model, out, methods=["gradcam"], cam=cam)))
+    job = threading.Thread(target=lambda: result.update(r=explain(manifest, model, out, methods=["gradcam"],
+                                                                  job=settings)))
     job.start()
     written = Path(out) / "explanations"
     while job.is_alive() and not list(written.rglob("*.parquet")):
@@ -587,8 +609,8 @@ def test_explain_runs_the_model_randomisation_check(ray_session, fundus_run, tmp
     from drray.explain.pipeline import explain
 
     out = tmp_path / "sanity"
-    cam = CamConfig(batch_size=4, cam_size=8, overlay_size=16, sanity_images=4, sanity_draws=2)
-    result = explain(fundus_run["manifest"], fundus_run["model"], out, methods=["gradcam"], cam=cam)
+    cam, job = CamConfig(cam_size=8, overlay_size=16), ExplainConfig(batch_size=4, sanity_images=4, sanity_draws=2)
+    result = explain(fundus_run["manifest"], fundus_run["model"], out, methods=["gradcam"], cam=cam, job=job)
     assert result.sanity is not None and result.sanity.images == 4
     table = pa.parquet.read_table(out / "randomisation.parquet").to_pandas()
     assert set(table["cascade"]) == set(range(len(result.sanity.steps)))
@@ -608,4 +630,5 @@ def test_explain_runs_the_model_randomisation_check(ray_session, fundus_run, tmp
     assert (les.loc[empty, "pointing_hit"] == False).all()  # noqa: E712
     assert np.allclose(les.loc[~empty, "expected_hit"], les.loc[~empty, "pointing_hit"].astype(float))
     assert "randomisation check on 4 images" in result.summary()
-    assert explain(fundus_run["manifest"], fundus_run["model"], out, methods=["gradcam"], cam=cam).sanity is None
+    assert explain(fundus_run["manifest"], fundus_run["model"], out, methods=["gradcam"], cam=cam,
+                   job=job).sanity is None

@@ -154,3 +154,33 @@ def test_explain_image_in_steps_batches_photographs_to_the_same_answers(model_di
         assert batched["quality_ok"] == alone["quality_ok"] and batched["warnings"] == alone["warnings"]
         assert batched["background"].shape == batched["overlay"].shape
     assert p.method_name(None) == "gradcam" and p.method_name("GradCAM++") == "gradcam++"
+
+
+def test_score_maps_is_the_one_scoring_step(model_dir, retina):
+    """Clip to the field of view, peak, entropy, lesion scores and the overlay, per map of a batch."""
+    from drray.data.geometry import Geometry
+    from drray.data.mask_bits import mask_bits
+    from drray.scores.map_scores import map_scores
+
+    p = Predictor.from_model_dir(model_dir, methods=["gradcam"], cam=CamConfig(overlay_size=40))
+    item = p.prepare_photo(retina)
+    geometry = item.geometry
+    field = geometry.field_mask(SIZE)
+    assert field is not None and 0.5 < field.mean() < 0.9
+    maps = np.random.default_rng(0).random((2, SIZE, SIZE)).astype(np.float32)
+    lesion = np.zeros((SIZE, SIZE), bool)
+    lesion[30:34, 30:34] = True
+    bits = [mask_bits({"he": lesion}, (SIZE, SIZE)), None]
+    background = item.prepared.image
+    scored = p.score_maps(maps, [geometry, geometry], bits, [background, background])
+    for k, s in enumerate(scored):
+        assert s.cam[~field].max() == 0 and s.cam.max() == pytest.approx(1.0)  # clipped to the fundus
+        alone = map_scores(maps[k], geometry, bits[k], cam_size=p.cam.cam_size, tolerance=p.cam.pointing_tolerance)
+        assert {c: v for c, v in s.columns.items() if c != "overlay_png"} == alone.columns
+        assert s.overlay.shape == (40, 40, 3) and s.columns["overlay_png"][:4] == b"\x89PNG"
+    assert scored[0].columns["chance_hit"] > 0 and scored[1].columns["chance_hit"] is None
+    # Without a field (no fundus found) the map is scored as it is; without backgrounds no overlay is drawn.
+    bare = p.score_maps(maps[:1], [Geometry(0, 0, SIZE, SIZE, SIZE)])[0]
+    assert np.array_equal(bare.cam, maps[0]) and bare.overlay is None and "overlay_png" not in bare.columns
+    with pytest.raises(ValueError, match="2 maps need one geometry"):
+        p.score_maps(maps, [geometry])

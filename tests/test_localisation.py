@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from drray.evaluate.localisation import (
+from drray.scores.localisation import (
     chance_hit_rate,
     energy_share,
     entropy,

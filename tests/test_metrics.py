@@ -1,4 +1,4 @@
-"""drray.evaluate.metrics against scikit-learn on random samples, plus the edge cases each metric defines."""
+"""drray.scores.grading against scikit-learn on random samples, plus the edge cases each metric defines."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from drray.evaluate import metrics as M
+from drray.scores import grading as M
 
 GRADES = [0, 1, 2, 3, 4]
 SEEDS = [0, 1, 2, 3, 4]

@@ -12,7 +12,7 @@ import safetensors.torch
 import torch
 
 from drray.config import PreprocessConfig
-from drray.evaluate.metrics import quadratic_weighted_kappa
+from drray.scores.grading import quadratic_weighted_kappa
 from drray.models.card import CARD_FILE, WEIGHTS_FILE, ModelCard
 from drray.models.model import (
     DRModel,
@@ -272,6 +272,20 @@ def test_preprocess_and_normalize_agree():
         model.normalize(hwc[0])
 
 
+def test_normalize_is_to_unit_then_standardize_and_keeps_a_channels_last_batch_so():
+    """One normalisation: training augments between the two halves, every forward uses both (bit for bit)."""
+    from drray.models.model import to_unit
+
+    model = create_model("test_resnet", image_size=SIZE)
+    hwc = torch.randint(0, 256, (2, SIZE, SIZE, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    unit = to_unit(hwc)
+    assert unit.shape == (2, 3, SIZE, SIZE) and float(unit.min()) >= 0 and float(unit.max()) <= 1
+    assert unit.is_contiguous(memory_format=torch.channels_last)  # what CPU convolutions run fastest on
+    assert torch.equal(model.normalize(hwc), model.standardize(unit))
+    mean, std = model.mean, model.std
+    assert torch.equal(model.standardize(unit), (hwc.permute(0, 3, 1, 2).float() / 255.0 - mean) / std)
+
+
 def test_fit_ordinal_thresholds_improves_qwk():
     # Scores on a compressed scale: the model learned grade * 0.6, so the default cuts are too high.
     rng = np.random.default_rng(0)
@@ -366,7 +380,7 @@ def test_drray_exposes_the_model_api_lazily():
 
 def test_cross_fitted_thresholds_do_not_flatter_an_ordinal_head_on_noise():
     """Thresholds fitted and scored on the same images find structure in noise; cross-fitting does not."""
-    from drray.evaluate.metrics import quadratic_weighted_kappa
+    from drray.scores.grading import quadratic_weighted_kappa
     from drray.models.ordinal import cross_fitted_grades, fit_ordinal_thresholds, grades_from_scores
 
     in_sample, crossed = [], []

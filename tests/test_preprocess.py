@@ -257,11 +257,11 @@ def test_ben_graham_on_retina(retina):
 @pytest.mark.parametrize("cut", [None, "frame", "letterbox"])
 @pytest.mark.parametrize("ben", [False, True], ids=["colour", "ben_graham"])
 def test_field_of_view_is_the_fundus_the_network_sees(retina, ben, cut):
-    """Maps are scored inside `field_mask`: with Ben Graham it stops where the image turns black (the
+    """Maps are scored inside `Geometry.field_mask`: with Ben Graham it stops where the image turns black (the
     blanked ring is a fifth of the disc's area), and a fundus cut off above and below stops at the
     cut, whether the frame cut it (padding past the photograph) or black bands were added back to
     make it square; none of that black is a place to point at or part of the chance rate."""
-    from drray.data.dataset import field_columns, field_mask, geometry_of
+    from drray.data.geometry import Geometry
 
     img, (cy, _, r) = retina
     if cut:  # cut by the frame above and below, as in APTOS
@@ -271,8 +271,9 @@ def test_field_of_view_is_the_fundus_the_network_sees(retina, ben, cut):
     size = 192
     p = prepare(img, PreprocessConfig(image_size=size, ben_graham=ben))
     c = circle_in_box(p.circle, p.box, size)
-    assert field_columns(p)["fov_r"] == pytest.approx((0.9 if ben else 1.0) * c.r)
-    field = field_mask(geometry_of(p, img.shape[:2]), size)
+    geometry = Geometry.of(p, img.shape[:2])
+    assert geometry.fov_r == pytest.approx((0.9 if ben else 1.0) * c.r)
+    field = geometry.field_mask(size)
     yy, xx = np.ogrid[:size, :size]
     disc = np.hypot(xx - c.cx, yy - c.cy) <= (0.9 if ben else 1.0) * c.r
     shows = p.image.max(axis=2) > 0
@@ -287,12 +288,12 @@ def test_field_of_view_is_the_fundus_the_network_sees(retina, ben, cut):
 
 
 def test_no_fundus_no_field():
-    from drray.data.dataset import field_mask, geometry_of
+    from drray.data.geometry import Geometry
 
     img = np.full((64, 64, 3), 90, np.uint8)  # flat grey: no fundus circle to find
     p = prepare(img, PreprocessConfig(image_size=32))
     assert not p.quality_ok
-    assert field_mask(geometry_of(p, img.shape[:2]), 32) is None
+    assert Geometry.of(p, img.shape[:2]).field_mask(32) is None
 
 
 @pytest.mark.parametrize("letterbox", [False, True])

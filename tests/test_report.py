@@ -110,7 +110,7 @@ def test_a_small_group_says_too_few_instead_of_a_number(tmp_path):
 
 
 def test_outline_draws_each_mask_type_and_the_peak():
-    from drray.data.dataset import mask_bits
+    from drray.data.mask_bits import mask_bits
     from drray.evaluate.photos import LESION_COLOURS, PEAK_COLOUR, outline
 
     img = np.zeros((64, 64, 3), np.uint8)

@@ -9,7 +9,7 @@ import torch
 
 from drray.cam import CamEngine
 from drray.cam.sanity import cascade_blocks, randomised_copies, randomised_copy
-from drray.evaluate.localisation import rank_correlation
+from drray.scores.localisation import rank_correlation
 
 SIZE = 64
 

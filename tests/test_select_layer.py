@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
 
-from drray.config import CamConfig
+from drray.config import CamConfig, ExplainConfig
 from drray.explain.select_layer import Candidate, NotEnoughMasks, hit_rate_standard_error, rank, select_cam_target
 from test_explain import ingest_set, make_fundus_set, save_tiny_model, train_tiny_model
 
@@ -58,11 +57,12 @@ def test_hit_rate_standard_error_keeps_a_spread_at_the_ends():
 @pytest.mark.timeout(180)
 def test_selection_writes_the_choice_into_the_card_and_every_path_uses_it(masked_run):
     from drray.inference import Predictor
-    from drray.models.model import read_card
+    from drray.models.card import read_card
 
     before = json.loads((masked_run["model"] / "model.json").read_text())
     selection = select_cam_target(masked_run["manifest"], masked_run["model"], split=None,
-                                  methods=["gradcam", "xgradcam"], cam=CamConfig(batch_size=8, pointing_tolerance=0.05))
+                                  methods=["gradcam", "xgradcam"], cam=CamConfig(pointing_tolerance=0.05),
+                                  job=ExplainConfig(batch_size=8))
     table = selection.table()
     assert len(table) == 5 * 2  # strides 8, 16, 32 and the fused pairs 8+16, 16+32, x two methods
     assert set(table["stride"]) == {8, 16, 32} and table["images"].eq(20).all()
@@ -88,7 +88,7 @@ def test_selection_refuses_what_it_cannot_measure(masked_run, tmp_path):
 
     from drray.schema import MASK_COLUMNS
 
-    cam = CamConfig(batch_size=8)
+    cam = CamConfig()
     with pytest.raises(ValueError, match="fast CAM methods only; scorecam"):
         select_cam_target(masked_run["manifest"], masked_run["model"], split=None, methods=["scorecam"], cam=cam)
     with pytest.raises(ValueError, match=r"among \(8, 16, 32\), got \[4\]"):
@@ -122,8 +122,8 @@ def test_explain_select_layer_from_the_cli(masked_run, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, "-m", "drray", "explain", "--manifest", str(masked_run["manifest"]), "--model", str(model),
-         "--out", str(out), "--select-layer", "cam.select_split=train", "cam.select_methods=[gradcam,hirescam]",
-         "cam.batch_size=8", "cam.sanity_images=0", "cam.num_actors=1", "cam.cpus_per_actor=0.5"],
+         "--out", str(out), "--select-layer", "explain.select_split=train", "explain.select_methods=[gradcam,hirescam]",
+         "explain.batch_size=8", "explain.sanity_images=0", "explain.num_actors=1", "explain.cpus_per_actor=0.5"],
         capture_output=True, text=True, timeout=170)
     assert proc.returncode == 0, proc.stderr[-3000:]
     card = json.loads((model / "model.json").read_text())

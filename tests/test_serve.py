@@ -23,12 +23,6 @@ ROOT = Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")
-def server(ray_session, tmp_path_factory, request):
-    yield support.shared_server(tmp_path_factory)
-    support.release_if_last(request)
-
-
-@pytest.fixture(scope="module")
 def client(server):
     with httpx.Client(base_url=server.url, timeout=60) as c:
         yield c
@@ -346,13 +340,18 @@ def test_importing_the_app_imports_no_torch_or_gradio():
 
 def test_explainer_user_config_is_checked(server):
     from drray.serve.args import AppArgs
-    from drray.serve.explainer import ExplainerCore
+    from drray.serve.explainer import PhotoExplainer
 
-    core = ExplainerCore(AppArgs(model_dir=str(server.model_dir), run_dir=None))
+    core = PhotoExplainer(AppArgs(model_dir=str(server.model_dir), run_dir=None, max_batch_size=2,
+                                  max_ongoing_requests=4))
+    assert core.batching() == {"max_batch_size": 2, "batch_wait_timeout_s": 0.01}
     with pytest.raises(ValueError, match="unknown Explainer user_config"):
         core.reconfigure({"max_batch": 4})
     with pytest.raises(ValueError, match=">= 1"):
-        core.reconfigure({"max_batch_size": 0})
+        core.reconfigure({"batch_wait_timeout_s": 0.2, "max_batch_size": 0})
+    assert core.batching() == {"max_batch_size": 2, "batch_wait_timeout_s": 0.01}  # nothing half-applied
+    core.reconfigure({"batch_wait_timeout_s": 0.5})  # what `serve deploy` sends when only the wait changes
+    assert core.batching() == {"max_batch_size": 2, "batch_wait_timeout_s": 0.5}
     assert json.dumps(core.describe())  # plain values only
 
 

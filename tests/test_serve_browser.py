@@ -21,12 +21,6 @@ INSTALL = "apt-get install chromium chromium-driver"
 
 
 @pytest.fixture(scope="module")
-def server(ray_session, tmp_path_factory, request):
-    yield support.shared_server(tmp_path_factory)
-    support.release_if_last(request)
-
-
-@pytest.fixture(scope="module")
 def browser():
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         pytest.skip(f"needs Debian's chromium and chromedriver ({CHROMIUM}, {CHROMEDRIVER}): {INSTALL}")

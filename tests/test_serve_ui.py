@@ -16,12 +16,6 @@ pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
-def server(ray_session, tmp_path_factory, request):
-    yield support.shared_server(tmp_path_factory)
-    support.release_if_last(request)
-
-
-@pytest.fixture(scope="module")
 def page(server):
     from gradio_client import Client
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from drray.training.augment import AugmentConfig, augment, to_float
+from drray.models.model import to_unit
+from drray.training.augment import AugmentConfig, augment
 from drray.config import Config, SynthConfig
 from drray.training.train import check_train_config, class_weights, trial_config
 from drray.training.loop import load_optimizer, lr_factor, save_optimizer
@@ -65,13 +66,41 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
 
 def test_augment_identity_and_flips_are_exact():
     g = torch.Generator().manual_seed(0)
-    x = to_float(torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8, generator=g))
+    x = to_unit(torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8, generator=g)).contiguous()
     assert x.shape == (3, 3, 32, 32) and x.dtype == torch.float32 and float(x.max()) <= 1.0
     assert torch.allclose(augment(x, NO_CHANGE), x, atol=1e-5)
     hflip = AugmentConfig(**{**NO_CHANGE.__dict__, "hflip": 1.0})
     vflip = AugmentConfig(**{**NO_CHANGE.__dict__, "vflip": 1.0})
     assert torch.allclose(augment(x, hflip), x.flip(-1), atol=1e-5)
     assert torch.allclose(augment(x, vflip), x.flip(-2), atol=1e-5)
+
+
+def test_train_step_is_the_models_normalisation_the_heads_loss_and_one_optimiser_step():
+    """`train_step` (the Ray Train loop's and the validity benchmark's) on a batch of prepared uint8 images."""
+    import copy
+
+    from drray.models.model import create_model
+    from drray.training.loop import _loss, train_step
+
+    torch.manual_seed(0)
+    model = create_model("test_resnet", head="ordinal", image_size=32)
+    before = copy.deepcopy(model)
+    images = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 1, 2, 4])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    model.train()
+    loss = train_step(model, optimizer, images, labels, lr=0.1, augment=False)
+    before.train()
+    expected = _loss(before(before.normalize(images).contiguous()), labels, "ordinal", None)
+    assert float(loss) == pytest.approx(float(expected.detach()), rel=1e-5)
+    assert optimizer.param_groups[0]["lr"] == 0.1  # the step's own learning rate, not the optimiser's
+    moved = [not torch.equal(a, b) for a, b in zip(model.parameters(), before.parameters())]
+    assert any(moved) and not loss.requires_grad
+    # With augmentation the generator decides the batch: the same seed, the same step.
+    twins = [copy.deepcopy(before) for _ in range(2)]
+    losses = [float(train_step(m, torch.optim.SGD(m.parameters(), lr=0.1), images, labels, lr=0.1,
+                               generator=torch.Generator().manual_seed(7))) for m in twins]
+    assert losses[0] == losses[1] and losses[0] != pytest.approx(float(expected.detach()), rel=1e-6)
 
 
 def test_augment_keeps_the_black_rim_black_and_values_in_range():
@@ -147,7 +176,7 @@ def tiny_manifest(tmp_path_factory) -> str:
 def test_train_ordinal_head_stores_thresholds_fitted_on_validation(ray_session, tiny_manifest, tmp_path):
     from drray.data.dataset import build_dataset
     from drray.models.model import fit_ordinal_thresholds, load_model
-    from drray.evaluate.evaluate import evaluate_model
+    from drray.explain.grade import grade_split
     from drray.training.train import train
 
     cfg = tiny_config(tmp_path, "model.head=ordinal", "train.epochs=2", "train.early_stopping_patience=0")
@@ -172,7 +201,7 @@ def test_train_ordinal_head_stores_thresholds_fitted_on_validation(ray_session, 
     refit = fit_ordinal_thresholds(scores, batch["label"].astype(np.int64))
     np.testing.assert_allclose(card.thresholds, refit, atol=1e-3)
 
-    test_metrics = evaluate_model(result.model_dir, tiny_manifest, split="test")
+    test_metrics = grade_split(result.model_dir, tiny_manifest, split="test")
     assert test_metrics["split"] == "test" and test_metrics["n"] > 0
     assert -1.0 <= test_metrics["qwk"] <= 1.0 and test_metrics["model_id"] == card.model_id
 

@@ -3,7 +3,7 @@
 A map that explains the model must change when the model's learned weights are destroyed. The
 cascading check re-initialises the network from the top down, one block at a time (the head,
 then the last stage, then the one before, ...) and compares each copy's maps with the trained
-model's (drray.evaluate.localisation.rank_correlation); maps that barely change with the weights
+model's (drray.scores.localisation.rank_correlation); maps that barely change with the weights
 show the image, not what the model learned. With every block re-initialised the copy is a
 random-weights model, whose pointing-game score should sit at chance.
 

@@ -155,7 +155,7 @@ def _largest_filled_component(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def field_mask(rgb: np.ndarray) -> np.ndarray | None:
+def bright_region(rgb: np.ndarray) -> np.ndarray | None:
     """(H, W) uint8 0/1: the largest bright region, holes filled; None when there is no contrast."""
     # The brightest channel (red in a fundus) keeps the most signal in under-exposed photographs.
     grey = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
@@ -237,7 +237,7 @@ def find_fundus(img: np.ndarray, scale: int = 1, shape: tuple[int, int] | None =
     small, ky, kx, oy, ox = _working_copy(img, scale, (h, w))
     k = max(ky, kx)
     sh, sw = small.shape[:2]
-    fov = field_mask(small)
+    fov = bright_region(small)
     if fov is None:
         return centre_circle(h, w)
     area = int(fov.sum())

@@ -23,9 +23,9 @@ from drray.config import PreprocessConfig
 from drray.data.fundus import (  # noqa: F401  (FundusCircle and find_fundus stay importable from here)
     DECODE_MARGIN,
     FundusCircle,
+    bright_region,
     centre_circle,
     check_rgb,
-    field_mask,
     find_fundus,
     original_shape,
 )
@@ -58,7 +58,7 @@ class Prepared:
     what overlays are drawn on, since it is the photograph a clinician recognises."""
     visible: float = 1.0
     """The share of the circle's radius that still shows fundus: Ben Graham's normalisation blanks
-    everything past `BEN_GRAHAM_RIM` of it, and a map there points at black (`field_columns`)."""
+    everything past `BEN_GRAHAM_RIM` of it, and a map there points at black (`drray.data.geometry.Geometry.of`)."""
 
 def centre_box(shape: tuple[int, int], pad: bool = False) -> CropBox:
     """The centred square of an (H, W) image: inside it (`pad=False`) or padding all of it (`pad=True`)."""
@@ -232,7 +232,7 @@ def prepare(img: np.ndarray, cfg: PreprocessConfig, scale: int = 1, shape: tuple
             rim_circle = circle_in_box(circle, box, size)
             yy, xx = np.ogrid[:size, :size]
             valid &= (xx - rim_circle.cx) ** 2 + (yy - rim_circle.cy) ** 2 <= rim_circle.r ** 2
-            field = field_mask(out)
+            field = bright_region(out)
             if field is not None:
                 # Eroded by a pixel: edge pixels that resizing mixed with the black are too dark.
                 valid &= cv2.erode(field, np.ones((3, 3), np.uint8)).astype(bool)

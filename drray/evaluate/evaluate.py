@@ -1,8 +1,7 @@
-"""Evaluation: a run's tables -> metrics.json + metrics.parquet, and a model dir graded on one split.
+"""Evaluation: a run's tables -> metrics.json + metrics.parquet.
 
     metrics = evaluate_run("runs/demo")                  # writes runs/demo/metrics.json, metrics.parquet
     metrics = evaluate("runs/demo/explanations", "out")   # the same from an explanations folder
-    metrics = evaluate_model("runs/demo/model", "runs/demo/manifest.parquet", split="test")
 
 `evaluate` reads only tables: the explanations table (one row per image and CAM method) gives,
 per dataset, split and model, the grading figures (`grading_report`), and per CAM method the
@@ -10,11 +9,7 @@ localisation figures beside their chance baselines (`explanation_metrics`), the 
 observations drray began from (`observations`) and, where the run has randomisation.parquet,
 the same scores with the model's weights destroyed. Every number is recomputable from the tables
 with DuckDB (tests/test_evaluate.py does). Bootstrap intervals are seeded: same tables, same file.
-
-`evaluate_model` predicts instead: the images of a split are decoded with the model's own
-preprocessing (its model.json) and graded by `drray.inference.Predictor`, the same code batch
-explanation and serving use. Images that cannot be read are counted, not graded; `max_pixels` is
-the same limit ingest admitted them with.
+Grading a model dir on a split without writing tables is `drray.explain.grade.grade_split`.
 """
 
 from __future__ import annotations
@@ -22,10 +17,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from drray import storage
-from drray.data.images import DEFAULT_MAX_PIXELS
 from drray.evaluate.observations import MIN_N
 from drray.evaluate.tables import KEYS
 from drray.rundir import RunDir
@@ -33,35 +25,6 @@ from drray.schema import REFERABLE_THRESHOLD
 
 if TYPE_CHECKING:
     import pandas as pd
-
-
-def evaluate_model(model_dir: str | os.PathLike, manifest: str | os.PathLike, split: str = "test", *,
-                   batch_size: int = 32, num_cpus: float = 1.0, max_pixels: int = DEFAULT_MAX_PIXELS,
-                   device: Any = None, n_boot: int = 1000) -> dict[str, Any]:
-    """`classification_report` of the model on the labelled images of `split`, plus counts and ids."""
-    from drray.data.dataset import build_dataset
-    from drray.evaluate.metrics import classification_report
-    from drray.inference import Predictor
-
-    predictor = Predictor.from_model_dir(model_dir, methods=(), device=device, max_pixels=max_pixels)
-    ds = build_dataset(manifest, predictor.preprocess, split=split, labelled_only=True, num_cpus=num_cpus,
-                       max_pixels=max_pixels)
-    probs, preds, labels, skipped = [], [], [], 0
-    for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
-        ok = batch["error_reason"] == ""
-        skipped += int((~ok).sum())
-        if not ok.any():
-            continue
-        p = predictor.predict(batch["image"][ok])
-        probs.append(p.probs)
-        preds.append(p.preds)
-        labels.append(batch["label"][ok].astype(np.int64))
-    if not labels:
-        raise ValueError(f"no readable labelled image in split {split!r} of {manifest}")
-    report = classification_report(np.concatenate(labels), np.concatenate(probs), preds=np.concatenate(preds),
-                                   n_boot=n_boot)
-    return {"split": split, "model_dir": str(model_dir), "model_id": predictor.model_id,
-            "skipped_unreadable": skipped, **report}
 
 
 # ------------------------------------------------------------------------------ from the tables

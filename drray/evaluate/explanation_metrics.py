@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from drray.evaluate.intervals import bootstrap_ratio_interval, mean_interval, wilson_interval
+from drray.scores.intervals import bootstrap_ratio_interval, mean_interval, wilson_interval
 from drray.schema import GRADES, LESION_TYPES
 from drray.storage import finite_or_none
 

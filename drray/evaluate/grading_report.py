@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from drray.evaluate import metrics as m
-from drray.evaluate.intervals import bootstrap_auc_interval, wilson_interval
+from drray.scores import grading as m
+from drray.scores.intervals import bootstrap_auc_interval, wilson_interval
 from drray.evaluate.tables import PROB_COLUMNS
 from drray.schema import NUM_GRADES, REFERABLE_MIN_GRADE, REFERABLE_THRESHOLD
 from drray.storage import finite_or_none

@@ -62,7 +62,7 @@ def _localisation(fam: dict[str, Any], s: dict[str, Any], **where: Any) -> Itera
     if s.get("energy_lift_median") is not None:
         yield _row(**fam, **where, metric="energy_lift_median", value=s["energy_lift_median"],
                    n=s["energy_in_lesions_n"], baseline=1.0, baseline_metric="uniform map")
-    # The lift of the masks drawn on the map's grid: what that resolution allows (drray.evaluate.localisation).
+    # The lift of the masks drawn on the map's grid: what that resolution allows (drray.scores.localisation).
     for name in ("ideal_lift", "ideal_lift_median"):
         if s.get(name) is not None:
             yield _row(**fam, **where, metric=name, value=s[name], n=s["energy_in_lesions_n"], baseline=1.0,

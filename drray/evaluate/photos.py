@@ -40,7 +40,7 @@ class FundusViews:
 
 def photo_location(path: str, base: str) -> str:
     """A manifest path, absolute or a URI as it is, else relative to the manifest's folder `base`."""
-    from drray.data.dataset import resolve_path
+    from drray.storage import resolve_path
 
     if storage.is_uri(path) or os.path.isabs(path):
         return path
@@ -61,7 +61,7 @@ def outline(colour: np.ndarray, bits: np.ndarray, peak: tuple[float, float] | No
     """The crop with each mask type outlined in its colour (LESION_COLOURS) and the peak as a ring."""
     import cv2
 
-    from drray.data.dataset import unpack_mask
+    from drray.data.mask_bits import unpack_mask
 
     out = np.ascontiguousarray(colour.copy())
     found = []
@@ -94,9 +94,9 @@ def fundus_views(record: dict[str, Any], base: str, cfg: PreprocessConfig,
 
     peak: (peak_y, peak_x) as 0-1 fractions of the original photograph (the explanations table's).
     """
-    from drray.data.dataset import decode_photo_prepared, decode_record
+    from drray.data.decode import decode_photo_prepared, decode_record
     from drray.data.images import ImageError
-    from drray.data.preprocess import CropBox, image_to_box_coords
+    from drray.data.preprocess import image_to_box_coords
 
     where = photo_location(str(record["path"]), base)
     masks = None
@@ -115,8 +115,7 @@ def fundus_views(record: dict[str, Any], base: str, cfg: PreprocessConfig,
             log.warning("gallery: cannot read %s: %s %s", where, d.error_reason, d.error_detail)
             return None
         colour = d.colour if d.colour is not None else d.image
-        g = d.geometry
-        box, shape, masks = CropBox(g["box_y0"], g["box_x0"], g["box_side"]), (g["orig_h"], g["orig_w"]), d.masks
+        box, shape, masks = d.geometry.box, d.geometry.orig_shape, d.masks
     lesions_jpeg, types = None, ()
     if masks is not None:
         py, px = peak

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from drray.rundir import ERRORS_VIEW, TABLES, RunDir
+from drray.rundir import DEFAULT_RUN, ERRORS_VIEW, TABLES, RunDir
 
 FORMATS = ("table", "csv", "json")
 
@@ -78,7 +78,7 @@ def tables(con) -> list[str]:
     return [r[0] for r in con.execute("select name from _drray_tables").fetchall()]
 
 
-def query(sql: str, run: str | os.PathLike = "runs/demo"):
+def query(sql: str, run: str | os.PathLike = DEFAULT_RUN):
     """Run `sql` against the run directory's tables; returns a pandas DataFrame.
 
     A query naming a table the run does not have fails with the list of those it has; any other

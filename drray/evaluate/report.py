@@ -117,7 +117,7 @@ def _preprocess(run: RunDir):
     from drray.config import PreprocessConfig
 
     try:
-        from drray.models.model import read_card
+        from drray.models.card import read_card
 
         card = read_card(run.model)
         return card, card.preprocess_config()

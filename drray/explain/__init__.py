@@ -1,8 +1,13 @@
 """Batch explanation of an archive on Ray Data: decode tasks -> actor pool -> exactly-once Parquet sink.
 
-    pipeline  `explain(manifest, model_dir, out)`: plans the work, builds the Ray Data pipeline
-    actor     the map_batches callable: a drray.inference.Predictor per actor
-    sink      writes explanations/ and explain_errors/ exactly once
+    pipeline       `explain(manifest, model_dir, out)`: plans the work, builds the Ray Data pipeline
+    actor          BatchExplainer, the map_batches callable: a drray.inference.Predictor per actor
+    sink           writes explanations/ and explain_errors/ exactly once
+    progress       the console's progress bar, fed by the actors
+    sample         a decoded sample in the driver, for the two checks below
+    randomisation  the model-randomisation check, into randomisation.parquet
+    select_layer   the CAM layer and method chosen by the pointing game, written into the model card
+    grade          `grade_split`: a model dir graded on one split, no tables written
 
 `drray.explain` is this package *and* the batch job: calling it runs `pipeline.explain`.
 """

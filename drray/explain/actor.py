@@ -1,9 +1,9 @@
 """The stateful `map_batches` callable of `drray explain`: decoded images -> explanation rows and error rows.
 
-An `Explainer` lives in a Ray actor and wraps one `drray.inference.Predictor`, built once in
+A `BatchExplainer` lives in a Ray actor and wraps one `drray.inference.Predictor`, built once in
 `__init__` from the model dir's bytes (shipped through the object store, so actors on nodes that
 cannot see the driver's filesystem load the same model). Each batch of decoded rows
-(`drray.data.dataset.decode_batch`) becomes one row per image and method
+(`drray.data.decode.decode_batch`) becomes one row per image and method
 (`schema.EXPLANATIONS_SCHEMA`); the fast methods share one forward and one backward pass per
 batch. Images that could not be read, or that the model failed on, become error rows (`reason`
 set) in the same output, so the sink writes both tables from one stream and no image is lost
@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 
-from drray.config import CamConfig
+from drray.config import CamConfig, ExplainConfig
 from drray.data.images import DEFAULT_MAX_PIXELS
 from drray.schema import EXPLAIN_STREAM_SCHEMA, Reason
 from drray.storage import finite_or_none
@@ -55,42 +55,34 @@ def _image_fields(batch: dict[str, np.ndarray], i: int) -> dict[str, Any]:
     }
 
 
-def _field_of_view(batch: dict[str, np.ndarray], i: int, size: int) -> np.ndarray | None:
-    """The fundus the network sees on the S x S grid, from the decode step's geometry (None when none was found)."""
-    from drray.data.dataset import FIELD_COLUMNS, GEOMETRY_COLUMNS, field_mask
-
-    if "fov_r" not in batch:
-        return None
-    return field_mask({k: batch[k][i] for k in GEOMETRY_COLUMNS + FIELD_COLUMNS}, size)
-
-
-class Explainer:
+class BatchExplainer:
     """A Predictor in one actor: `__call__(batch) -> pa.Table` of `EXPLAIN_STREAM_SCHEMA` rows.
 
     model: the model dir's `ModelFiles` (or an object-store reference to them, or a model dir path).
     methods: CAM methods to run on every image; empty means predict only (one row per image,
     cam_method and the map columns null).
+    cam: what the maps are (`CamConfig`); job: the actor's device and threads (`ExplainConfig`).
     progress: a counter actor (drray.explain.progress) told how many images each batch held.
     """
 
-    def __init__(self, model: Any, methods: Sequence[str], cam: CamConfig, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 progress: Any = None):
+    def __init__(self, model: Any, methods: Sequence[str], cam: CamConfig, job: ExplainConfig | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, progress: Any = None):
         import ray
         import torch
 
         from drray.inference import Predictor
 
+        job = job or ExplainConfig()
         if isinstance(model, ray.ObjectRef):
             model = ray.get(model)
-        if cam.gpus_per_actor > 0 and not torch.cuda.is_available():
+        if job.gpus_per_actor > 0 and not torch.cuda.is_available():
             raise RuntimeError(
-                f"cam.gpus_per_actor={cam.gpus_per_actor} but this actor sees no CUDA device; "
-                "set cam.gpus_per_actor=0 to explain on CPUs")
-        if cam.torch_threads is not None:
-            torch.set_num_threads(cam.torch_threads)
-        device = "cuda" if cam.gpus_per_actor > 0 else "cpu"
+                f"explain.gpus_per_actor={job.gpus_per_actor} but this actor sees no CUDA device; "
+                "set explain.gpus_per_actor=0 to explain on CPUs")
+        if job.torch_threads is not None:
+            torch.set_num_threads(job.torch_threads)
+        device = "cuda" if job.gpus_per_actor > 0 else "cpu"
         self.predictor = Predictor.from_model_dir(model, methods=methods, cam=cam, device=device, max_pixels=max_pixels)
-        self.cfg = cam
         self.methods = list(self.predictor.methods)
         self.model_id = self.predictor.model_id
         self.layer = self.predictor.target_layer if self.methods else None
@@ -143,8 +135,7 @@ class Explainer:
         return int(idx.size)
 
     def _add_rows(self, batch: dict[str, np.ndarray], i: int, j: int, out: Any, rows: _Rows) -> None:
-        from drray.cam.overlay import blend, encode_png
-        from drray.evaluate.map_scores import within_field
+        from drray.data.geometry import Geometry
 
         base = {
             **_image_fields(batch, i),
@@ -156,24 +147,21 @@ class Explainer:
         if not self.methods:
             rows.add(base)
             return
-        bits = batch["masks"][i] if "masks" in batch else None
-        box = (int(batch["box_y0"][i]), int(batch["box_x0"][i]), int(batch["box_side"][i]))
-        shape = (int(batch["orig_h"][i]), int(batch["orig_w"][i]))
-        fov = _field_of_view(batch, i, batch["image"].shape[1])
+        geometry = [Geometry.from_columns(batch, i)]
+        bits = [batch["masks"][i]] if "masks" in batch else None
         # The overlay goes on the colour photograph (cropped to the fundus) where the decode step kept one.
-        photo = batch["photo"][i] if "photo" in batch else batch["image"][i]
+        photo = [batch["photo"][i] if "photo" in batch else batch["image"][i]]
         for m, maps in out.maps.items():
             try:
-                cam = within_field(maps[j], fov)  # what the row stores is what the overlay shows
+                scored = self.predictor.score_maps(maps[j:j + 1], geometry, bits, photo)[0]
                 extra = {k: finite_or_none(v[j]) for k, v in out.faithfulness.get(m, {}).items()}
                 rows.add({
                     **base,
-                    **self.predictor.score_map(cam, bits, box, shape, fov),
+                    **scored.columns,
                     **extra,
                     "cam_method": m,
                     "cam_layer": self.layer,
                     "target_class": int(out.targets[j]) if out.targets[j] >= 0 else None,
-                    "overlay_png": encode_png(blend(photo, cam, self.cfg.overlay_size)),
                 })
             except Exception as e:  # one bad map must not lose the image's other rows
                 log.exception("scoring %s map of %s failed", m, base["image_id"])

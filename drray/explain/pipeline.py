@@ -3,7 +3,7 @@
 The pipeline streams; nothing is collected to the driver:
 
     manifest rows --(tasks: read, decode, preprocess; data.build_dataset)--> images (+ lesion masks)
-        --(actor pool: a drray.inference.Predictor each, drray.explain.actor.Explainer)--> one row per image and method
+        --(actor pool: a drray.inference.Predictor each, drray.explain.actor.BatchExplainer)--> one row per image and method
         --(write tasks: drray.explain.sink)--> OUT/explanations/dataset=D/split=S/*.parquet
                                                OUT/explain_errors/*.parquet
 
@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from drray import storage
-from drray.config import CamConfig
+from drray.config import CamConfig, ExplainConfig
 from drray.data.images import DEFAULT_MAX_PIXELS
 from drray.rundir import RunDir
 
@@ -56,7 +56,7 @@ class ExplainResult:
     skipped_done: int = 0
     """(image, method) rows skipped because OUT/explanations already has them."""
     skipped_failed: int = 0
-    """Images skipped because OUT/errors already records them for this model."""
+    """Images skipped because OUT/explain_errors already records them for this model."""
     errors: dict[str, int] = field(default_factory=dict)
     """Error rows written, by reason code."""
     seconds: float = 0.0
@@ -149,6 +149,7 @@ def explain(
     *,
     methods: Sequence[str] | None = None,
     cam: CamConfig | None = None,
+    job: ExplainConfig | None = None,
     split: str | list[str] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     decode_cpus: float = 0.5,
@@ -158,7 +159,8 @@ def explain(
 
     methods: CAM methods (`drray.CAM_METHODS`); None takes `cam.methods`, else the model card's chosen
         method, else gradcam; () predicts only.
-    cam: maps, actors and resources (`CamConfig`).
+    cam: what a map is: method, target, layer, stored size, pointing tolerance (`CamConfig`).
+    job: how the job runs: actors, their resources, the randomisation check (`ExplainConfig`).
     split: one split or a list of splits of the manifest; None explains every image.
     max_pixels: images above this many pixels become `image_too_large` errors (data.max_image_pixels).
     decode_cpus: CPUs per decode task (data.decode_cpus).
@@ -171,7 +173,7 @@ def explain(
     from drray.cam.methods import get_method
     from drray.cluster import connect
     from drray.data.dataset import build_dataset, load_manifest
-    from drray.explain.actor import Explainer
+    from drray.explain.actor import BatchExplainer
     from drray.explain.progress import ExplainProgress
     from drray.explain.sample import absolute_paths
     from drray.inference import default_methods
@@ -180,6 +182,7 @@ def explain(
     from drray.storage import filesystem
 
     cam = cam or CamConfig()
+    job = job or ExplainConfig()
     files = read_model_files(model_dir)
     card = files.read_card()  # the driver never builds the network
     methods = [get_method(m).name for m in default_methods(card, cam.methods if methods is None else methods)]
@@ -208,34 +211,35 @@ def explain(
     for k, (todo_methods, rows) in enumerate(groups.items()):
         log.info("explaining %d images with %s", len(rows), ", ".join(todo_methods) or "predictions only")
         ds = build_dataset(absolute_paths(rows, manifest), prep, with_masks=True, max_pixels=max_pixels,
-                           batch_size=cam.batch_size, num_cpus=decode_cpus, photo_size=cam.overlay_size)
-        gpus = {"num_gpus": cam.gpus_per_actor} if cam.gpus_per_actor > 0 else {}
+                           batch_size=job.batch_size, num_cpus=decode_cpus, photo_size=cam.overlay_size)
+        gpus = {"num_gpus": job.gpus_per_actor} if job.gpus_per_actor > 0 else {}
         ds = ds.map_batches(
-            Explainer,
-            fn_constructor_kwargs=dict(model=model_ref, methods=list(todo_methods), cam=cam, max_pixels=max_pixels,
+            BatchExplainer,
+            fn_constructor_kwargs=dict(model=model_ref, methods=list(todo_methods), cam=cam, job=job,
+                                       max_pixels=max_pixels,
                                        progress=progress.counter if progress is not None else None),
-            batch_size=int(cam.batch_size),  # an integer: required with GPU actors
+            batch_size=int(job.batch_size),  # an integer: required with GPU actors
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=cam.num_actors),
-            num_cpus=cam.cpus_per_actor,
-            resources=dict(cam.actor_resources) or None,
+            compute=ray.data.ActorPoolStrategy(size=job.num_actors),
+            num_cpus=job.cpus_per_actor,
+            resources=dict(job.actor_resources) or None,
             **gpus,
         )
         sink = ExplanationSink(out, f"{run_id}-{k}")
         # Writing is light (Parquet encoding): a small CPU share keeps it from starving decode tasks,
         # and one writer per actor keeps up without spawning a worker process per free CPU share.
         with progress or contextlib.nullcontext():
-            ds.write_datasink(sink, ray_remote_args={"num_cpus": 0.25}, concurrency=cam.num_actors)
+            ds.write_datasink(sink, ray_remote_args={"num_cpus": 0.25}, concurrency=job.num_actors)
         result.images += len(rows)
         result.rows_written += sink.stats.rows
         errors.update(sink.stats.errors)
     result.errors = dict(errors)
     remove_empty_dir(fs, filesystem(run.staging)[1])
-    if cam.sanity_images and methods and (result.rows_written or not storage.is_file(run.randomisation)):
+    if job.sanity_images and methods and (result.rows_written or not storage.is_file(run.randomisation)):
         from drray.explain.randomisation import randomisation_check
 
         result.sanity = randomisation_check(absolute_paths(df, manifest), files, out, methods=methods, cam=cam,
-                                            max_pixels=max_pixels)
+                                            job=job, max_pixels=max_pixels)
     result.seconds = time.perf_counter() - start
     log.info("explain run %s done: %d rows, %d errors in %.1f s", run_id, result.rows_written,
              sum(result.errors.values()), result.seconds)

@@ -2,10 +2,11 @@
 
 A sample of the explained images (lesion images first, where the manifest has masks) is explained
 again by copies of the model whose top blocks are re-initialised, cascading from the head down to
-the first stage (drray.cam.sanity), each step drawn `cam.sanity_draws` times with different seeds:
-one random network is one fixed function whose maps peak wherever its weights happen to favour (on
-the demo model twelve fully random copies scored from 0.00 to 0.14 against a chance of 0.11, seed
-to seed, mean 0.07), so only the mean over draws estimates what random weights score. Per image, method and step it stores the rank correlation of
+the first stage (drray.cam.sanity), each step drawn `explain.sanity_draws` times with different seeds:
+one random network is one fixed function whose maps peak wherever its weights happen to favour, so
+its hit rate swings from seed to seed (benchmarks/README.md measures how far on the demo model), and
+only the mean over draws estimates what random weights score. Per image, method and step it stores
+the rank correlation of
 the copy's map with the trained model's, and the copy's pointing hit, chance rate and energy in
 lesions: maps that explain the model fall away from the trained ones as the cascade deepens, and
 with every block random their hit rate falls to chance. Random networks often give empty maps (no
@@ -13,7 +14,7 @@ peak); `expected_hit` scores those at the image's chance rate, as a peak drawn a
 would score, so "no evidence" does not read as "below chance". `drray evaluate` reports it beside the
 trained model's figures.
 
-The sample is small (cam.sanity_images, default 64) and runs in the driver's process: a few model
+The sample is small (explain.sanity_images, default 64) and runs in the driver's process: a few model
 copies over a few dozen images cost seconds, and the copies never leave the process.
 """
 
@@ -28,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from drray.config import CamConfig
+from drray.config import CamConfig, ExplainConfig
 from drray.data.images import DEFAULT_MAX_PIXELS
 from drray.schema import RANDOMISATION_SCHEMA
 
@@ -56,29 +57,35 @@ class SanityResult:
 
 
 def randomisation_check(manifest: pd.DataFrame, model_dir, out: str | os.PathLike, *, methods: Sequence[str],
-                        cam: CamConfig, max_pixels: int = DEFAULT_MAX_PIXELS, seed: int = 0) -> SanityResult | None:
+                        cam: CamConfig, job: ExplainConfig | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                        seed: int = 0) -> SanityResult | None:
     """Explain a sample of `manifest` (paths already absolute) with the trained model and its cascade of
-    re-initialised copies; write OUT/randomisation.parquet. None when there is nothing to check."""
+    re-initialised copies; write OUT/randomisation.parquet. None when there is nothing to check.
+
+    cam: what the maps are; job: the sample's size and the draws per step (`explain.sanity_*`).
+    """
     from drray import storage
     from drray.cam.sanity import cascade_blocks, randomised_copy
     from drray.explain.sample import decode_sample, sample_rows
-    from drray.evaluate.localisation import rank_correlation
-    from drray.evaluate.map_scores import within_field
+    from drray.scores.localisation import rank_correlation
     from drray.inference import Predictor
     from drray.models.model import load_model
     from drray.rundir import RunDir
 
-    rows = sample_rows(manifest, cam.sanity_images, seed)
+    job = job or ExplainConfig()
+    rows = sample_rows(manifest, job.sanity_images, seed)
     if rows.empty or not methods:
         return None
     trained = load_model(model_dir)
     sample = decode_sample(rows, trained.card.preprocess_config(), max_pixels)
     if not len(sample):
         return None
-    fields = [sample.field_of_view(i) for i in range(len(sample))]
+    geometries, masks = sample.geometries, sample.masks
+    # Maps are compared inside the fundus, where they are scored: the shared zeros outside are no agreement.
+    fields = [g.field_mask(sample.images.shape[1]) for g in geometries]
     blocks = cascade_blocks(trained)
     steps = [("trained", 0)] + [(label, k) for k, (label, _) in enumerate(blocks, start=1)]
-    runs = [(label, k, draw) for label, k in steps for draw in (range(cam.sanity_draws) if k else [0])]
+    runs = [(label, k, draw) for label, k in steps for draw in (range(job.sanity_draws) if k else [0])]
     reference: dict[str, np.ndarray] = {}
     cols: dict[str, list] = {name: [] for name in RANDOMISATION_SCHEMA.names}
     for label, k, draw in runs:
@@ -87,13 +94,12 @@ def randomisation_check(manifest: pd.DataFrame, model_dir, out: str | os.PathLik
         out_k = predictor.explain(sample.images)
         reinit = ",".join(name for name, _ in blocks[:k])
         for m in methods:
-            # Scored and compared inside the fundus, as the explanation rows are.
-            maps = [within_field(cam, fov) for cam, fov in zip(out_k.maps[m], fields)]
+            scored = predictor.score_maps(out_k.maps[m], geometries, masks)
+            maps = [sm.cam for sm in scored]
             if k == 0:
                 reference[m] = maps
-            for i, (d, r) in enumerate(zip(sample.decoded, sample.rows)):
-                box, shape = sample.box(i)
-                scores = predictor.score_map(maps[i], d.masks, box, shape, fields[i])
+            for i, r in enumerate(sample.rows):
+                scores = scored[i].columns
                 label_value = r["label"]
                 cols["image_id"].append(str(r["image_id"]))
                 cols["dataset"].append(str(r["dataset"]))
@@ -104,7 +110,7 @@ def randomisation_check(manifest: pd.DataFrame, model_dir, out: str | os.PathLik
                 cols["cascade"].append(k)
                 cols["draw"].append(draw)
                 cols["reinitialised"].append(reinit)
-                inside = fields[i] if fields[i] is not None else slice(None)  # the shared zeros outside are no agreement
+                inside = fields[i] if fields[i] is not None else slice(None)
                 corr = rank_correlation(reference[m][i][inside], maps[i][inside])
                 cols["rank_corr"].append(None if np.isnan(corr) else corr)
                 cols["pointing_hit"].append(scores["pointing_hit"])

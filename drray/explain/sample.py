@@ -21,7 +21,8 @@ LESION_MASK_COLUMNS = tuple(f"mask_{t}" for t in LESION_TYPES)
 
 def absolute_paths(df: pd.DataFrame, manifest: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
     """Resolve paths relative to the manifest's folder: the filtered frame no longer knows it."""
-    from drray.data.dataset import manifest_base_dir, resolve_path
+    from drray.data.dataset import manifest_base_dir
+    from drray.storage import resolve_path
 
     base = manifest_base_dir(manifest)
     if base is None:
@@ -52,27 +53,26 @@ class Sample:
 
     images: np.ndarray
     decoded: list
-    """drray.data.dataset decode records: `.masks` (lesion bits), `.geometry` (crop box, field of view)."""
+    """drray.data.decode records: `.masks` (lesion bits), `.geometry` (crop box, field of view)."""
     rows: list[pd.Series]
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def field_of_view(self, i: int) -> np.ndarray | None:
-        """(S, S) bool: the fundus image i's network sees (`drray.data.dataset.field_mask`); None where none was found."""
-        from drray.data.dataset import field_mask
+    @property
+    def geometries(self) -> list:
+        """Each row's `drray.data.geometry.Geometry`: what `Predictor.score_maps` scores its map in."""
+        return [d.geometry for d in self.decoded]
 
-        return field_mask(self.decoded[i].geometry, self.images.shape[1])
-
-    def box(self, i: int) -> tuple[tuple[int, int, int], tuple[int, int]]:
-        """(crop box (y0, x0, side), original (H, W)) of image i, as `Predictor.score_map` takes them."""
-        g = self.decoded[i].geometry
-        return (g["box_y0"], g["box_x0"], g["box_side"]), (g["orig_h"], g["orig_w"])
+    @property
+    def masks(self) -> list:
+        """Each row's lesion bits (drray.data.mask_bits)."""
+        return [d.masks for d in self.decoded]
 
 
 def decode_sample(rows: pd.DataFrame, prep: PreprocessConfig, max_pixels: int = DEFAULT_MAX_PIXELS) -> Sample:
     """Decode rows (paths already absolute) with their masks; unreadable images are left out."""
-    from drray.data.dataset import decode_record
+    from drray.data.decode import decode_record
 
     decoded, kept = [], []
     for _, r in rows.iterrows():

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from drray.config import CamConfig
+from drray.config import CamConfig, ExplainConfig
 from drray.data.images import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
@@ -147,13 +147,15 @@ def rank(candidates: Sequence[Candidate]) -> list[Candidate]:
 
 def select_cam_target(manifest: str | os.PathLike | pd.DataFrame, model_dir: str | os.PathLike, *,
                       split: str | None = "val", methods: Sequence[str] | None = None,
-                      strides: Sequence[int] | None = None, cam: CamConfig | None = None, max_images: int = 256,
+                      strides: Sequence[int] | None = None, cam: CamConfig | None = None,
+                      job: ExplainConfig | None = None, max_images: int = 256,
                       max_pixels: int = DEFAULT_MAX_PIXELS, seed: int = 0, write: bool = True) -> CamSelection:
     """Score every (target layer, method) on the lesion images of `split` and write the best into the model card.
 
     split: the split scored (None: every row). methods: candidate CAM methods (default
-    `cam.select_methods`); strides: default every configurable stride (8, 16, 32) the model has.
-    Each stride is tried alone and, with `cam.select_fused`, fused with its neighbour. max_images:
+    `explain.select_methods`); strides: default every configurable stride (8, 16, 32) the model has.
+    cam: how maps are scored (pointing tolerance); job: `select_methods`, `select_fused` and the batch size.
+    Each stride is tried alone and, with `explain.select_fused`, fused with its neighbour. max_images:
     lesion images used at most (drawn with `seed`). write: rewrite MODEL_DIR/model.json with the
     choice (the weights are untouched). Runs in this process, on its GPU where it has one.
     Raises NotEnoughMasks (a ValueError) when the split has fewer than MIN_IMAGES readable images with
@@ -167,7 +169,8 @@ def select_cam_target(manifest: str | os.PathLike | pd.DataFrame, model_dir: str
     from drray.models.model import load_model
 
     cam = cam or CamConfig()
-    names = [get_method(m).name for m in (methods or cam.select_methods)]
+    job = job or ExplainConfig()
+    names = [get_method(m).name for m in (methods or job.select_methods)]
     slow = [m for m in names if not get_method(m).fast]
     if slow:
         raise ValueError(f"layer selection scores fast CAM methods only; {', '.join(slow)} would take a pass per image")
@@ -192,19 +195,18 @@ def select_cam_target(manifest: str | os.PathLike | pd.DataFrame, model_dir: str
     missing = [s for s in wanted if s not in available]
     if missing:
         raise ValueError(f"{model.card.timm_name} has no CAM layer at stride {missing}; it has {sorted(available)}")
-    # Each stride alone, then (cam.select_fused) each pair of neighbouring strides fused into one map.
+    # Each stride alone, then (explain.select_fused) each pair of neighbouring strides fused into one map.
     targets = [dict(target_layer=None, target_stride=s) for s in wanted]
-    if cam.select_fused:
+    if job.select_fused:
         targets += [dict(target_layer=fused_name([available[a][0], available[b][0]]), target_stride=None)
                     for a, b in zip(wanted, wanted[1:])]
-    fields = [sample.field_of_view(i) for i in range(len(sample))]
+    geometries, masks = sample.geometries, sample.masks
     candidates = []
     for target in targets:
         predictor = Predictor(model, methods=names, cam=dataclasses.replace(cam, **target), max_pixels=max_pixels)
-        out = _explain_in_batches(predictor, sample.images, cam.batch_size)
+        out = _explain_in_batches(predictor, sample.images, job.batch_size)
         for m in names:
-            scores = [predictor.score_map(out[m][i], sample.decoded[i].masks, *sample.box(i), fields[i])
-                      for i in range(len(sample))]
+            scores = [s.columns for s in predictor.score_maps(out[m], geometries, masks)]
             candidates.append(_candidate(predictor.engine.target_stride, predictor.target_layer, m, scores))
         predictor.close()
     selection = CamSelection(split or "all", len(sample), rank(candidates))
@@ -236,12 +238,11 @@ def _candidate(stride: int, layer: str, method: str, scores: list[dict[str, Any]
 
 def write_selection(model_dir: str | os.PathLike, selection: CamSelection) -> None:
     """Rewrite MODEL_DIR/model.json with the chosen layer, stride and method (weights untouched)."""
-    from drray import storage
     from drray.cam.target_layers import FUSE_SEP, fused_name, inside_backbone
-    from drray.models.card import CARD_FILE, read_card
+    from drray.models.card import read_card, write_card
 
     card = read_card(model_dir)
     layer = fused_name([inside_backbone(n) for n in selection.layer.split(FUSE_SEP)])
     card = dataclasses.replace(card, cam_target_layer=layer, cam_target_stride=selection.stride,
                                cam_method=selection.method, cam_selection=selection.card_entry())
-    storage.write_text(storage.join(model_dir, CARD_FILE), card.to_json() + "\n")
+    write_card(model_dir, card)

@@ -162,6 +162,15 @@ def read_card(model_dir: str | Path) -> ModelCard:
     return parse_card(storage.read_bytes(path), path)
 
 
+def write_card(model_dir: str | Path, card: ModelCard) -> str:
+    """Write `card` as MODEL_DIR/model.json (local path or URI; strict JSON, replaced atomically); returns its path."""
+    from drray import storage
+
+    path = storage.join(model_dir, CARD_FILE)
+    storage.write_text(path, card.to_json() + "\n")
+    return path
+
+
 def parse_card(data: bytes, source: str) -> ModelCard:
     """A model card from model.json's bytes; `source` names where they came from in errors."""
     try:

@@ -30,7 +30,15 @@ from torch import nn
 
 from drray import storage
 from drray.config import PreprocessConfig
-from drray.models.card import CARD_FILE, HEAD_OUTPUTS, WEIGHTS_FILE, ModelCard, drray_version, parse_card, read_card
+from drray.models.card import (
+    CARD_FILE,
+    HEAD_OUTPUTS,
+    WEIGHTS_FILE,
+    ModelCard,
+    drray_version,
+    parse_card,
+    write_card,
+)
 from drray.models.ordinal import (
     check_thresholds,
     fit_ordinal_temperature,
@@ -43,7 +51,7 @@ from drray.models.weights import detached_state, match_state_dict, read_state_di
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "DRModel", "ModelCard", "create_model", "save_model", "load_model", "list_backbones",
+    "DRModel", "ModelCard", "create_model", "save_model", "load_model", "list_backbones", "to_unit",
     "fit_ordinal_thresholds", "fit_ordinal_temperature",
 ]
 
@@ -105,21 +113,37 @@ class DRModel(nn.Module):
         prepared = prepare(image, self.card.preprocess_config())
         return self.normalize(torch.from_numpy(prepared.image).unsqueeze(0))[0]
 
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) float images in [0, 1] -> the network input: (x - mean) / std with the card's mean and std."""
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
     def normalize(self, batch_uint8: torch.Tensor) -> torch.Tensor:
-        """(B, S, S, 3) or (B, 3, S, S) uint8 images, already prepared -> (B, 3, S, S) float32, on their device."""
-        x = batch_uint8
-        if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8:
-            raise ValueError(
-                f"normalize expects a uint8 tensor of 0-255 pixels, got {getattr(x, 'dtype', type(x).__name__)}; "
-                "an already normalised float batch goes straight to the model")
-        if x.dim() != 4:
-            raise ValueError(f"normalize expects a batch (B, S, S, 3) or (B, 3, S, S), got shape {tuple(x.shape)}")
-        if x.shape[1] != 3:
-            if x.shape[-1] != 3:
-                raise ValueError(f"normalize expects 3 RGB channels first or last, got shape {tuple(x.shape)}")
-            x = x.permute(0, 3, 1, 2)
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
-        return (x.float() / 255.0 - mean) / std
+        """(B, S, S, 3) or (B, 3, S, S) uint8 images, already prepared -> (B, 3, S, S) float32, on their device.
+
+        `to_unit` then `standardize`: what every forward of drray feeds the network (training adds its
+        augmentation between the two).
+        """
+        return self.standardize(to_unit(batch_uint8))
+
+
+def to_unit(batch_uint8: torch.Tensor) -> torch.Tensor:
+    """(B, S, S, 3) or (B, 3, S, S) uint8 pixels -> float32 (B, 3, S, S) in [0, 1], on their device.
+
+    A channels-last batch (as Ray Data and the decode step hand them out) stays channels-last in
+    memory: a permuted view, which CPU convolutions run fastest on.
+    """
+    x = batch_uint8
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8:
+        raise ValueError(
+            f"normalize expects a uint8 tensor of 0-255 pixels, got {getattr(x, 'dtype', type(x).__name__)}; "
+            "an already normalised float batch goes straight to the model")
+    if x.dim() != 4:
+        raise ValueError(f"normalize expects a batch (B, S, S, 3) or (B, 3, S, S), got shape {tuple(x.shape)}")
+    if x.shape[1] != 3:
+        if x.shape[-1] != 3:
+            raise ValueError(f"normalize expects 3 RGB channels first or last, got shape {tuple(x.shape)}")
+        x = x.permute(0, 3, 1, 2)
+    return x.float() / 255.0
 
 
 # ----------------------------------------------------------------------------------- construction
@@ -287,7 +311,7 @@ def save_model(model: DRModel, out_dir: str | os.PathLike, metrics: dict | None 
     )
     # Weights first: a reader that finds model.json finds the weights it describes.
     storage.write_bytes(storage.join(out_dir, WEIGHTS_FILE), save(detached_state(model.backbone), metadata={"format": "pt"}))
-    storage.write_text(storage.join(out_dir, CARD_FILE), model.card.to_json() + "\n")
+    write_card(out_dir, model.card)
     log.info("saved %s to %s", model.card.model_id, out_dir)
     return str(out_dir) if storage.is_uri(out_dir) else Path(out_dir)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from drray.evaluate.metrics import as_grades, kappa_from_confusion
+from drray.scores.grading import as_grades, kappa_from_confusion
 from drray.schema import NUM_GRADES
 
 DEFAULT_THRESHOLDS = (0.5, 1.5, 2.5, 3.5)

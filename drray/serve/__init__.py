@@ -4,7 +4,7 @@
     url = run_server("runs/demo/model", ServeConfig(), block=False)   # from Python (`drray serve`)
 
 Modules: args (the application's typed arguments), app (the builder), deployments (Explainer and
-Ingress), explainer (batched explanation on a replica), api (FastAPI routes), schemas (their
+Ingress), explainer (PhotoExplainer: batched explanation on a replica), api (FastAPI routes), schemas (their
 models), limits (body-size limit), refusals (4xx answers), ui (the page), explore (its Explore
 tab), example_images (the page's examples), run (`run_server`). Importing this package imports
 no torch, Gradio or Ray.

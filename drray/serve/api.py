@@ -14,7 +14,6 @@ import base64
 import binascii
 import json
 import logging
-import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -27,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from drray.serve.limits import BodySizeLimit, BodyTooLarge
 from drray.serve.refusals import TARGETS, Refusal, ReasonCode
 from drray.serve.schemas import Error, ExplainJSON, ExplainOptions, Explanation, Health, ModelInfo
+from drray.storage import json_ready
 
 log = logging.getLogger(__name__)
 
@@ -65,24 +65,13 @@ def _validation_detail(e: ValidationError | RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def _finite(x: Any) -> Any:
-    """JSON has no NaN: non-finite numbers become null."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
-
-
 def to_response(result: dict[str, Any]) -> dict[str, Any]:
     """An Explainer result as the JSON `Explanation`: PNGs in base64, arrays dropped, floats finite."""
     body = {k: v for k, v in result.items() if k in Explanation.model_fields}
     for key in ("cam_png", "overlay_png"):
         body[key] = base64.b64encode(result[key]).decode("ascii")
     body["target"] = str(result["target"])
-    return _finite(body)
+    return json_ready(body)
 
 
 async def _read_request(request: Request, max_fields: int = 8) -> tuple[bytes, ExplainOptions] | JSONResponse:
@@ -185,7 +174,7 @@ def make_api(client: Any, args: Any) -> FastAPI:
             info = await client.describe()
         except Exception as e:
             return error(503, ReasonCode.EXPLAINER_UNAVAILABLE, f"the Explainer did not answer: {type(e).__name__}: {e}")
-        return JSONResponse(_finite({**{k: info.get(k) for k in ModelInfo.model_fields}, "targets": list(TARGETS),
+        return JSONResponse(json_ready({**{k: info.get(k) for k in ModelInfo.model_fields}, "targets": list(TARGETS),
                                      "max_body_bytes": limit, "max_image_pixels": args.max_image_pixels}))
 
     @app.get("/healthz", response_model=Health, responses={503: {"model": Health}}, tags=["health"],

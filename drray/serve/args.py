@@ -13,10 +13,10 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from drray.config import ServeConfig
+from drray.rundir import DEFAULT_RUN
 
 HTTP_FIELDS = ("host", "port")
 """ServeConfig fields that are Serve's `http_options`, not application arguments."""
-DEFAULT_RUN_DIR = "runs/demo"
 
 
 class _AppArgsBase(BaseModel):
@@ -62,7 +62,7 @@ AppArgs = create_model(
     "AppArgs",
     __base__=_AppArgsBase,
     __doc__="Arguments of `drray.serve.app:build_app`: ServeConfig's fields (less host/port) and `run_dir`.",
-    run_dir=(Optional[str], Field(default=DEFAULT_RUN_DIR,
+    run_dir=(Optional[str], Field(default=DEFAULT_RUN,
                                   description="Run directory the Explore tab reads (null: no Explore data).")),
     **_serve_fields(),
 )

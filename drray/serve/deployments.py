@@ -11,7 +11,7 @@ from typing import Any
 
 from ray import serve
 
-from drray.serve.explainer import ExplainerCore
+from drray.serve.explainer import PhotoExplainer
 from drray.serve.refusals import Refusal
 
 INGRESS_CPUS = 0.25
@@ -19,7 +19,8 @@ INGRESS_CPUS = 0.25
 INGRESS_MAX_ONGOING = 256
 """Ingress requests wait on the Explainer; it must hold enough of them to let batches fill."""
 
-Explainer = serve.deployment(name="Explainer")(ExplainerCore)
+Explainer = serve.deployment(name="Explainer")(PhotoExplainer)
+"""The model's deployment: one `PhotoExplainer` per replica."""
 
 
 class HandleClient:

@@ -1,4 +1,4 @@
-"""The Explainer: one `drray.inference.Predictor` per replica, photographs explained in batches.
+"""`PhotoExplainer`: what an Explainer replica runs: one `drray.inference.Predictor`, uploaded photographs explained in batches.
 
 A request's photograph is decoded and preprocessed in a thread of the replica (the reader and
 preprocessing of training and batch explanation: `Predictor.prepare_photo`), the network inputs
@@ -7,8 +7,8 @@ grouped by method and target), and each answer is scored and drawn in a thread a
 (`Predictor.explanation_of`). `max_batch_size` and `batch_wait_timeout_s` are runtime knobs:
 serve_config.yaml's `user_config` changes them without restarting replicas (`reconfigure`).
 
-`ExplainerCore` is the plain class; `drray.serve.deployments` makes it the Explainer deployment
-(`@serve.batch` needs a Serve replica: one ExplainerCore per process).
+`PhotoExplainer` is the plain class; `drray.serve.deployments` makes it the Explainer deployment
+(`@serve.batch` needs a Serve replica: one PhotoExplainer per process).
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from drray.serve.refusals import Refusal, RefusalError, check_method, check_targ
 
 log = logging.getLogger(__name__)
 
-USER_CONFIG_KEYS = ("max_batch_size", "batch_wait_timeout_s")
+USER_CONFIG = {"max_batch_size": (int, 1, "set_max_batch_size"),
+               "batch_wait_timeout_s": (float, 0, "set_batch_wait_timeout_s")}
+"""Serve `user_config` keys of the Explainer: their type, least value and the `@serve.batch` setter they go to."""
 
 
 @dataclass
@@ -45,7 +47,7 @@ class _Done:
     model_ms: float
 
 
-class ExplainerCore:
+class PhotoExplainer:
     """Explains uploaded photographs with the model in `args.model_dir` (an `AppArgs`)."""
 
     def __init__(self, args: Any):
@@ -63,6 +65,7 @@ class ExplainerCore:
         # runs here too, one batch at a time (the predictor's lock).
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="drray-explainer")
         self._warm_up()
+        self._batching: dict[str, Any] = {}
         self.reconfigure({"max_batch_size": cfg.max_batch_size, "batch_wait_timeout_s": cfg.batch_wait_timeout_s})
         log.info("Explainer ready: model %s, methods %s", self.predictor.model_id, self.methods)
 
@@ -75,23 +78,22 @@ class ExplainerCore:
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve's `user_config`: max_batch_size, batch_wait_timeout_s."""
-        unknown = sorted(set(user_config) - set(USER_CONFIG_KEYS))
+        unknown = sorted(set(user_config) - set(USER_CONFIG))
         if unknown:
-            raise ValueError(f"unknown Explainer user_config key(s) {unknown}; known: {', '.join(USER_CONFIG_KEYS)}")
-        if "max_batch_size" in user_config:
-            size = int(user_config["max_batch_size"])
-            if size < 1:
-                raise ValueError(f"Explainer user_config max_batch_size must be >= 1, got {size}")
-            self._explain_batch.set_max_batch_size(size)
-        if "batch_wait_timeout_s" in user_config:
-            wait = float(user_config["batch_wait_timeout_s"])
-            if wait < 0:
-                raise ValueError(f"Explainer user_config batch_wait_timeout_s must be >= 0, got {wait}")
-            self._explain_batch.set_batch_wait_timeout_s(wait)
+            raise ValueError(f"unknown Explainer user_config key(s) {unknown}; known: {', '.join(USER_CONFIG)}")
+        checked = {}
+        for key, value in user_config.items():  # all checked before any is applied: no half-applied config
+            kind, least, _ = USER_CONFIG[key]
+            checked[key] = kind(value)
+            if checked[key] < least:
+                raise ValueError(f"Explainer user_config {key} must be >= {least}, got {checked[key]}")
+        for key, value in checked.items():
+            getattr(self._explain_batch, USER_CONFIG[key][2])(value)
+        self._batching.update(checked)
 
     def batching(self) -> dict[str, Any]:
-        return {"max_batch_size": self._explain_batch._get_max_batch_size(),
-                "batch_wait_timeout_s": self._explain_batch._get_batch_wait_timeout_s()}
+        """The batching in force: what `reconfigure` was last given (Serve offers setters, not getters)."""
+        return dict(self._batching)
 
     def describe(self) -> dict[str, Any]:
         """`Predictor.describe()` plus the methods and batching this replica serves."""

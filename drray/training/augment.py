@@ -1,8 +1,10 @@
 """Batched fundus augmentation in torch, on the training worker's device.
 
-Images arrive from Ray Data as uint8 (B, S, S, 3); `to_float` turns them into (B, 3, S, S) floats in
-[0, 1] on the device, `augment` perturbs a whole batch with one `grid_sample` call and a few
-elementwise ops, so augmentation costs no CPU decode time and scales with the accelerator.
+Images arrive from Ray Data as uint8 (B, S, S, 3); the model's `drray.models.model.to_unit` turns them
+into (B, 3, S, S) floats in [0, 1] on the device, `augment` perturbs a whole batch with one
+`grid_sample` call and a few elementwise ops, and the model's `standardize` makes them its input
+(`drray.training.loop.train_step`), so augmentation costs no CPU decode time and scales with the
+accelerator.
 
 Fundus photographs have no canonical orientation (cameras, left/right eyes, scanned prints), so
 flips and any rotation are label-preserving; colour changes stay mild because lesion colour
@@ -41,18 +43,6 @@ class AugmentConfig:
 
 
 FUNDUS = AugmentConfig()
-
-
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, S, S, 3) or (B, 3, S, S) -> float32 (B, 3, S, S) in [0, 1], on the same device."""
-    if images.ndim != 4:
-        raise ValueError(f"expected a batch of images (B, H, W, 3) or (B, 3, H, W), got shape {tuple(images.shape)}")
-    if images.shape[-1] == 3 and images.shape[1] != 3:
-        images = images.permute(0, 3, 1, 2)
-    x = images.float()
-    if images.dtype == torch.uint8:
-        x = x / 255.0
-    return x.contiguous()
 
 
 def _uniform(n: int, lo: float, hi: float, generator: torch.Generator | None, device) -> torch.Tensor:

@@ -171,7 +171,7 @@ def validate(model, shard, device, batch_size: int, head: str, seed: int = 0) ->
     """
     import torch
 
-    from drray.evaluate.metrics import classification_report
+    from drray.scores.grading import classification_report
     from drray.inference import forward_outputs, read_outputs
     from drray.models.ordinal import fit_ordinal_temperature, fit_ordinal_thresholds
 
@@ -222,18 +222,39 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
+def train_step(model, optimizer, images, labels, *, lr: float, class_weights=None, label_smoothing: float = 0.0,
+               augment: bool = True, generator=None):
+    """One optimiser step on a batch of prepared uint8 images (B, S, S, 3) and their grades; returns the loss.
+
+    The model's own normalisation (`to_unit`, then `standardize` with the card's mean and std) with
+    the fundus augmentation between the two, the learning rate set for this step, bf16 autocast on
+    CUDA, the head's loss (weighted cross-entropy, or SmoothL1 on the grade for an ordinal head).
+    `model` may be wrapped for DDP. The Ray Train loop and benchmarks/cam_validity.py train with it.
+    """
+    from drray.models.model import to_unit
+    from drray.training.augment import augment as augment_batch
+
+    core = _unwrap(model)
+    x = to_unit(images).contiguous()  # augmentation and the training forward run on NCHW memory
+    if augment:
+        x = augment_batch(x, generator=generator)
+    x = core.standardize(x)
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+    with _autocast(x.device):
+        outputs = model(x)
+    loss = _loss(outputs, labels, core.card.head, class_weights, label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 def train_epoch(model, optimizer, shard, device, *, cfg: Config, class_weights, step: int,
                 total_steps: int, warmup_steps: int, drop_last: bool, generator,
                 shuffle_seed: int | None = None) -> dict[str, Any]:
     """One pass over this worker's training shard; returns loss, images and the next global step."""
-    import torch
-
-    from drray.training.augment import augment, to_float
-
-    core = _unwrap(model)
     model.train()
-    mean = torch.tensor(core.card.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(core.card.std, device=device).view(1, 3, 1, 1)
     t, bs = cfg.train, cfg.train.batch_size
     loss_sum, seen, batches = 0.0, 0, 0
     start = time.perf_counter()
@@ -246,19 +267,10 @@ def train_epoch(model, optimizer, shard, device, *, cfg: Config, class_weights, 
             break
         images = batch["image"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)
-        x = to_float(images)
-        if t.augment:
-            x = augment(x, generator=generator)
-        x = (x - mean) / std
-        for g in optimizer.param_groups:
-            g["lr"] = t.lr * lr_factor(step, warmup_steps, total_steps)
-        with _autocast(device):
-            outputs = model(x)
-        loss = _loss(outputs, labels, core.card.head, class_weights, t.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += float(loss.detach()) * labels.shape[0]
+        loss = train_step(model, optimizer, images, labels, lr=t.lr * lr_factor(step, warmup_steps, total_steps),
+                          class_weights=class_weights, label_smoothing=t.label_smoothing, augment=t.augment,
+                          generator=generator)
+        loss_sum += float(loss) * labels.shape[0]
         seen += labels.shape[0]
         batches += 1
         step += 1

@@ -201,6 +201,7 @@ def export_model(checkpoint: Any, out_dir: str | os.PathLike) -> str:
     """
     from ray.train import Checkpoint
 
+    from drray.models.card import CARD_FILE, WEIGHTS_FILE
     from drray.models.model import read_model_files
 
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(str(checkpoint))
@@ -208,15 +209,15 @@ def export_model(checkpoint: Any, out_dir: str | os.PathLike) -> str:
         ckpt.to_directory(tmp)
         files = read_model_files(tmp)  # fails clearly on a checkpoint that holds no model dir
         if storage.is_uri(out_dir):
-            storage.write_bytes(storage.join(out_dir, "weights.safetensors"), files.weights)
-            storage.write_bytes(storage.join(out_dir, "model.json"), files.card)
+            storage.write_bytes(storage.join(out_dir, WEIGHTS_FILE), files.weights)
+            storage.write_bytes(storage.join(out_dir, CARD_FILE), files.card)
             return str(out_dir)
         # Locally the whole folder is swapped in one rename: no reader sees a half-copied model dir.
         out = Path(out_dir)
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
         try:
-            for name in ("weights.safetensors", "model.json"):
+            for name in (WEIGHTS_FILE, CARD_FILE):
                 shutil.copyfile(Path(tmp) / name, staging / name)
             if out.exists():
                 shutil.rmtree(out)
@@ -260,6 +261,7 @@ def _read_checkpoint_json(checkpoint: Any, name: str) -> dict[str, Any]:
 def train(cfg: Config, out: str | os.PathLike, manifest: str | None = None) -> TrainResult:
     """Train one model with Ray Train; write `out/model` (best epoch by val QWK) and `out/train_metrics.json`."""
     from drray.cluster import connect
+    from drray.models.card import CARD_FILE
     from drray.training.loop import TRAIN_STATE_FILE
 
     check_train_config(cfg)
@@ -280,7 +282,7 @@ def train(cfg: Config, out: str | os.PathLike, manifest: str | None = None) -> T
     if best is None:
         raise RuntimeError(f"run {result.path} reported no checkpoint; see its logs")
     model_dir = export_model(best, run.model)
-    metrics = _read_checkpoint_json(best, "model.json").get("metrics", {})
+    metrics = _read_checkpoint_json(best, CARD_FILE).get("metrics", {})
     history = _read_checkpoint_json(result.checkpoint, TRAIN_STATE_FILE)["history"]
     storage.write_json(run.train_metrics, {"best": metrics, "history": history, "config": cfg.to_dict(),
                                            "checkpoint_path": best.path})

@@ -104,7 +104,7 @@ class TuneResult:
     seconds: float
     cam_selection: Any = None
     """The CAM layer and method chosen on the validation split (drray.explain.select_layer.CamSelection);
-    None where it has no lesion masks or `cam.select_layer` is off."""
+    None where it has no lesion masks or `explain.select_layer` is off."""
 
     @property
     def best(self) -> pd.Series:
@@ -252,16 +252,16 @@ def tune(cfg: Config, out: str | os.PathLike, manifest: str | None = None, conso
     n_err = int((df["status"] == "error").sum())
     if n_err:
         log.warning("%d of %d trials failed; their errors are in %s (column `error`)", n_err, len(df), run.trials)
-    selection = select_layer(cfg, manifest, model_dir) if cfg.cam.select_layer else None
+    selection = select_layer(cfg, manifest, model_dir) if cfg.explain.select_layer else None
     return TuneResult(df, model_dir, run.trials, grid.experiment_path, time.perf_counter() - start, selection)
 
 
 def select_layer(cfg: Config, manifest: str, model_dir: str | os.PathLike):
-    """The exported model's CAM layer and method, chosen on `cam.select_split`'s lesion images; None without masks."""
+    """The exported model's CAM layer and method, chosen on `explain.select_split`'s lesion images; None without masks."""
     from drray.explain.select_layer import NotEnoughMasks, select_cam_target
 
     try:
-        return select_cam_target(manifest, model_dir, split=cfg.cam.select_split, cam=cfg.cam,
+        return select_cam_target(manifest, model_dir, split=cfg.explain.select_split, cam=cfg.cam, job=cfg.explain,
                                  max_pixels=cfg.data.max_image_pixels, seed=cfg.data.seed)
     except NotEnoughMasks as e:
         log.info("CAM layer left at the default stride: %s", e)

@@ -1,21 +1,45 @@
-"""The columns of an explanation row that depend on its map: stored map, peak, entropy, lesion scores.
+"""One map -> the columns of its explanation row: the map clipped to the field of view, stored, peaked and scored.
+
+    scored = map_scores(cam, geometry, mask_bits, cam_size=32, tolerance=0.02, grid_stride=8)
+    scored.cam        # (S, S) float32: the map inside the fundus, what the row stores and the overlay shows
+    scored.columns    # cam, cam_h, cam_w, peak_y, peak_x, cam_entropy, pointing_hit, energy_*, od_energy,
+                      # lesion_area, chance_hit, ideal_energy (schema.EXPLANATIONS_SCHEMA)
+
+Every path that scores a map comes here through `drray.inference.Predictor.score_maps`: the explain
+actors, the randomisation check, layer selection and serving, so their numbers cannot drift apart.
 
 Masks are compared at the preprocessed image's resolution: the engine upsamples each map to the
 network input (S x S) and the lesion masks were warped to that grid with the image, so a
 one-pixel microaneurysm still counts. The stored map is that map shrunk to `cam_size` (area
 average) as float16; `cam_entropy` is measured on the stored map, so anyone can recompute it
-(drray.evaluate.localisation.entropy: the map as a distribution, entropy / log(h*w), in [0, 1]).
+(drray.scores.localisation.entropy: the map as a distribution, entropy / log(h*w), in [0, 1]).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from drray.evaluate.localisation import energy_share, entropy, peak, pointing_hit
 from drray.schema import LESION_TYPES, OPTIC_DISC
+from drray.scores.localisation import energy_share, entropy, peak, pointing_hit
 from drray.storage import finite_or_none
+
+if TYPE_CHECKING:
+    from drray.data.geometry import Geometry
+
+
+@dataclass
+class ScoredMap:
+    """A map as its explanation row has it."""
+
+    cam: np.ndarray
+    """(S, S) float32 in [0, 1]: the map inside the field of view (`within_field`)."""
+    columns: dict[str, Any]
+    """The row's map-dependent columns (and `overlay_png` where an overlay was drawn)."""
+    overlay: np.ndarray | None = field(default=None, repr=False)
+    """(s, s, 3) uint8: the map blended on the photograph, where one was given."""
 
 
 def shrink_map(cam: np.ndarray, size: int) -> np.ndarray:
@@ -51,44 +75,42 @@ def decode_map(blob: bytes, h: int, w: int) -> np.ndarray:
 
 def map_scores(
     cam: np.ndarray,
+    geometry: "Geometry",
     mask_bits: np.ndarray | None,
-    box: tuple[int, int, int],
-    orig_shape: tuple[int, int],
+    *,
     cam_size: int,
     tolerance: float,
-    field_of_view: np.ndarray | None = None,
     grid_stride: int | None = None,
-) -> dict[str, Any]:
-    """Columns of one explanation row that depend on the map.
+) -> ScoredMap:
+    """The map inside its photograph's field of view, and the columns of its explanation row.
 
     cam: (S, S) map in [0, 1] on the preprocessed image's grid.
-    mask_bits: (S, S) uint8 lesion bits (`drray.data.dataset.mask_bits`) on the same grid, or None.
-    box: the crop box (y0, x0, side) in original pixels, from the decode step.
-    orig_shape: (H, W) of the original photograph.
+    geometry: the photograph's decode geometry (drray.data.geometry): the crop box and original
+    size turn the peak into image coordinates, and its field of view (`Geometry.field_mask`) is
+    where the map is scored and stored; with masks it gives `lesion_area` (lesion pixels / field
+    pixels) and `chance_hit` (the exact share of the field within the tolerance of a lesion
+    pixel: what a peak dropped at random in the fundus scores).
+    mask_bits: (S, S) uint8 lesion bits (drray.data.mask_bits) on the same grid, or None.
     tolerance: pointing-game tolerance as a share of S.
-    field_of_view: (S, S) bool, the fundus the network sees on the same grid (`drray.data.dataset.field_mask`):
-    the map is scored (and stored) inside it (`within_field`), and with masks it gives `lesion_area`
-    (lesion pixels / field pixels) and
-    `chance_hit` (the exact share of the field within the tolerance of a lesion pixel: what a peak
-    dropped at random in the fundus scores).
     grid_stride: output stride of the layer the map was computed at (its finest, for a fused target);
     with masks and a field it gives `ideal_energy`, the `energy_in_lesions` of the ideal map on that
-    grid (drray.evaluate.localisation.ideal_energy_share): how much of a map's mass can sit on these
+    grid (drray.scores.localisation.ideal_energy_share): how much of a map's mass can sit on these
     lesions at all once they are drawn in cells of that size.
     Lesion scores are null where the image has no pixel of that type (no mask, or an empty one):
     there is nothing to point at, and a share of 0 would only restate the absence.
     """
-    from drray.data.dataset import unpack_mask
-    from drray.data.preprocess import CropBox, box_to_image_coords
+    from drray.data.mask_bits import unpack_mask
+    from drray.data.preprocess import box_to_image_coords
 
     side = cam.shape[0]
+    field_of_view = geometry.field_mask(side)
     cam = within_field(cam, field_of_view)
     small = shrink_map(cam, cam_size)
     p = peak(cam)
-    if p is None or box[2] <= 0:
+    if p is None or geometry.box_side <= 0:
         peak_y = peak_x = None
     else:
-        peak_y, peak_x = box_to_image_coords(p[0], p[1], CropBox(*box), side, orig_shape)
+        peak_y, peak_x = box_to_image_coords(p[0], p[1], geometry.box, side, geometry.orig_shape)
     row: dict[str, Any] = {
         "cam": small.astype(np.float16).tobytes(),
         "cam_h": cam_size,
@@ -105,22 +127,20 @@ def map_scores(
         "ideal_energy": None,
     }
     if mask_bits is None:
-        return row
+        return ScoredMap(cam, row)
     lesions = unpack_mask(mask_bits, LESION_TYPES)
     if lesions.any():
         row["pointing_hit"] = pointing_hit(cam, lesions, tolerance * side)
         row["energy_in_lesions"] = finite_or_none(energy_share(cam, lesions))
         if field_of_view is not None and field_of_view.any():
-            from drray.evaluate.localisation import chance_hit_rate, lesion_area_share
+            from drray.scores.localisation import chance_hit_rate, ideal_energy_share, lesion_area_share
 
             row["lesion_area"] = lesion_area_share(lesions, field_of_view)
             row["chance_hit"] = chance_hit_rate(lesions, field_of_view, tolerance * side)
             if grid_stride:
-                from drray.evaluate.localisation import ideal_energy_share
-
                 row["ideal_energy"] = finite_or_none(ideal_energy_share(lesions, field_of_view, grid_stride))
     for t in LESION_TYPES + (OPTIC_DISC,):
         m = unpack_mask(mask_bits, t)
         if m.any():
             row["od_energy" if t == OPTIC_DISC else f"energy_{t}"] = finite_or_none(energy_share(cam, m))
-    return row
+    return ScoredMap(cam, row)

@@ -103,7 +103,7 @@ def bootstrap_ratio_interval(num: Any, den: Any, n_boot: int = 1000, seed: int =
 
 def bootstrap_auc_interval(positive: Any, scores: Any, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the ROC AUC (resamples drawing one class only are left out)."""
-    from drray.evaluate.metrics import roc_auc
+    from drray.scores.grading import roc_auc
 
     pos = np.asarray(positive, dtype=bool)
     s = np.asarray(scores, dtype=np.float64)
