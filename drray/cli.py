@@ -173,6 +173,20 @@ def cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace, console: Console) -> int:
+    from drray.audit.run import audit
+    from drray.rundir import RunDir
+
+    cfg = _load_config(args)
+    result = audit(args.run, cfg.audit, model_dir=args.model, manifest=args.manifest, intervene=not args.no_intervene,
+                   max_pixels=cfg.data.max_image_pixels, decode_cpus=cfg.data.decode_cpus)
+    console.print(result.summary())
+    run = RunDir(args.run)
+    console.print(f"wrote {run.strategies} and {run.strategy_of}"
+                  + (f" and {run.interventions}" if result.interventions is not None else ""))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
     from drray.evaluate.report import report
 
@@ -307,6 +321,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="where metrics go (default: the run directory)")
     _add_common(p)
     p.set_defaults(func=cmd_evaluate, run_dir="out_or_run")
+
+    p = sub.add_parser("audit", help="what the model looks at, without lesion masks: strategies of its maps, suspect "
+                                     "shortcuts, confirmed by removing them")
+    p.add_argument("--run", default=DEFAULT_RUN, help=f"run directory with explanations (default {DEFAULT_RUN})")
+    p.add_argument("--model", default=None, help="model dir the intervention predicts with (default RUN/model)")
+    p.add_argument("--manifest", default=None, help="manifest of the photographs (default RUN/manifest.parquet)")
+    p.add_argument("--no-intervene", dest="no_intervene", action="store_true",
+                   help="judge strategies only; do not predict suspect photographs again")
+    _add_common(p)
+    p.set_defaults(func=cmd_audit, run_dir="out_or_run", out=None)
 
     p = sub.add_parser("report", help="one self-contained HTML report of a run: metrics, observations, galleries")
     p.add_argument("--run", default=DEFAULT_RUN, help=f"run directory (default {DEFAULT_RUN})")

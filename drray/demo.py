@@ -10,11 +10,12 @@ from drray.config import Config
 from drray.console import Console
 from drray.rundir import RunDir
 
-STEPS = ("synth", "ingest", "tune", "explain", "evaluate", "report")
+STEPS = ("synth", "ingest", "tune", "explain", "audit", "evaluate", "report")
 
 
 def run_demo(cfg: Config, out: str | os.PathLike, console: Console | None = None) -> RunDir:
-    """synth -> ingest -> tune -> explain -> evaluate -> report, all into `out` (default runs/demo/)."""
+    """synth -> ingest -> tune -> explain -> audit -> evaluate -> report, all into `out` (default runs/demo/)."""
+    from drray.audit.run import audit
     from drray.data.ingest import ingest
     from drray.data.synth import generate
     from drray.evaluate.evaluate import evaluate_run, headline
@@ -59,13 +60,20 @@ def run_demo(cfg: Config, out: str | os.PathLike, console: Console | None = None
     step.done(f"{explained.rows_written} rows for {explained.images} images, {errors} errors "
               f"({explained.images / max(explained.seconds, 1e-9):.1f} images/s)", run.explanations)
 
-    step = console.step(5, n, "evaluate", "grading and localisation on the test split, the three observations")
+    step = console.step(5, n, "audit", "strategies of the maps per predicted grade; suspects confirmed by intervention")
+    audited = audit(run.root, cfg.audit, max_pixels=cfg.data.max_image_pixels, decode_cpus=cfg.data.decode_cpus)
+    summary = audited.summary().splitlines()
+    step.done(summary[0], run.strategies)
+    for line in summary[1:]:
+        console.print(f"{' ' * 16}{line.strip()}")
+
+    step = console.step(6, n, "evaluate", "grading and localisation on the test split, the three observations")
     metrics = evaluate_run(run.root)
     step.done(headline(metrics), run.metrics_json)
     for line in metrics.get("observations", []):
         console.print(f"{' ' * 16}{line}")
 
-    step = console.step(6, n, "report", "metrics, observations and galleries in one HTML file")
+    step = console.step(7, n, "report", "metrics, observations and galleries in one HTML file")
     path = report(run.root, metrics=metrics)
     step.done("done", path)
 
@@ -73,6 +81,7 @@ def run_demo(cfg: Config, out: str | os.PathLike, console: Console | None = None
     storage.write_json(run.summary, {"seconds": round(total, 1), "test_qwk": metrics.get("qwk"),
                                      "test_images": metrics.get("n"), "model_id": explained.model_id,
                                      "pointing_hit_rate": metrics.get("pointing_hit_rate"),
+                                     "suspect_strategies": int(len(audited.suspects)),
                                      "observations": metrics.get("observations", [])})
     console.print(f"demo finished in {total / 60:.1f} min; run directory {run.root}")
     console.print(f"query it: drray query \"select cam_method, avg(pointing_hit::int) as hit from explanations "

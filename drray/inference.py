@@ -245,7 +245,8 @@ class Predictor:
 
     def score_maps(self, maps: Sequence[np.ndarray], geometries: Sequence["Geometry"],
                    masks: Sequence[np.ndarray | None] | None = None, backgrounds: Sequence[np.ndarray] | None = None,
-                   *, overlay_size: int | None = None, overlay_alpha: float = 0.4) -> list["ScoredMap"]:
+                   *, eyes: Sequence[str | None] | None = None, overlay_size: int | None = None,
+                   overlay_alpha: float = 0.4) -> list["ScoredMap"]:
         """One method's maps of a batch -> each map clipped to its field of view, with its explanation-row columns.
 
         The one scoring step of drray (drray.scores.map_scores): the explain actors, the randomisation
@@ -255,6 +256,7 @@ class Predictor:
         masks: each photograph's lesion bits (drray.data.mask_bits), or None: lesion scores stay null.
         backgrounds: (s, s, 3) uint8 photographs the overlay is drawn on, cropped to the crop box as
         the map is; None draws none. overlay_size: its side (default `cam.overlay_size`).
+        eyes: each photograph's eye ("left" / "right" / None): the descriptors mirror left eyes.
         """
         from drray.cam.overlay import blend, encode_png
         from drray.scores.map_scores import map_scores
@@ -268,7 +270,8 @@ class Predictor:
         scored = []
         for i, cam in enumerate(maps):
             s = map_scores(cam, geometries[i], None if masks is None else masks[i], cam_size=self.cam.cam_size,
-                           tolerance=self.cam.pointing_tolerance, grid_stride=stride)
+                           tolerance=self.cam.pointing_tolerance, grid_stride=stride,
+                           eye=None if eyes is None else eyes[i])
             if backgrounds is not None:
                 s.overlay = blend(backgrounds[i], s.cam, size, overlay_alpha)
                 s.columns["overlay_png"] = encode_png(s.overlay)

@@ -10,6 +10,10 @@
       explanations/            `drray explain`: dataset=D/split=S/*.parquet
       explain_errors/          `drray explain`: images that could not be read or explained
       randomisation.parquet    `drray explain`: the model-randomisation sanity check (maps of re-initialised copies)
+      strategies.parquet       `drray audit`: what the model looks at, one row per strategy (cluster of maps)
+      strategy_of.parquet      `drray audit`: the strategy of every explanation row (the `strategy` column of explanations)
+      interventions.parquet    `drray audit`: suspect strategies' images predicted again with the region removed
+      reviews/                 the Explore tab: graders' verdicts on maps, one Parquet file per verdict
       metrics.json, metrics.parquet   `drray evaluate`
       report.html              `drray report`
       logs/                    drray's and Ray's own log lines (the console shows one line per step)
@@ -38,6 +42,12 @@ TRAIN_METRICS = "train_metrics.json"
 EXPLANATIONS = "explanations"
 EXPLAIN_ERRORS = "explain_errors"
 RANDOMISATION = "randomisation.parquet"
+STRATEGIES = "strategies.parquet"
+STRATEGY_OF = "strategy_of.parquet"
+INTERVENTIONS = "interventions.parquet"
+REVIEWS = "reviews"
+"""A folder: each verdict is its own small Parquet file, written whole and moved into place, so a click is
+recorded exactly once and survives any restart (no file is ever rewritten)."""
 STAGING = ".staging"
 """Part files of `drray explain` are written here first and moved into place (exactly once)."""
 METRICS_JSON = "metrics.json"
@@ -72,6 +82,10 @@ TABLES: tuple[Table, ...] = (
     Table("explanations", EXPLANATIONS, True, "one row per image and CAM method (drray explain)"),
     Table("explain_errors", EXPLAIN_ERRORS, True, "images drray explain could not read or explain"),
     Table("randomisation", RANDOMISATION, False, "maps of the model with its top layers re-initialised (sanity check)"),
+    Table("strategies", STRATEGIES, False, "what the model looks at: one row per strategy of maps (drray audit)"),
+    Table("strategy_of", STRATEGY_OF, False, "the strategy of each explanation row (drray audit)"),
+    Table("interventions", INTERVENTIONS, False, "suspect strategies confirmed by removing their region (drray audit)"),
+    Table("reviews", REVIEWS, True, "graders' verdicts on maps from the Explore tab"),
     Table("metrics", METRICS, False, "metrics per dataset, split, model and CAM method (drray evaluate)"),
 )
 ERRORS_VIEW = "errors"
@@ -131,6 +145,22 @@ class RunDir:
     @property
     def randomisation(self) -> str:
         return self.path(RANDOMISATION)
+
+    @property
+    def strategies(self) -> str:
+        return self.path(STRATEGIES)
+
+    @property
+    def strategy_of(self) -> str:
+        return self.path(STRATEGY_OF)
+
+    @property
+    def interventions(self) -> str:
+        return self.path(INTERVENTIONS)
+
+    @property
+    def reviews(self) -> str:
+        return self.path(REVIEWS)
 
     @property
     def staging(self) -> str:

@@ -106,6 +106,15 @@ EXPLANATIONS_SCHEMA = pa.schema(
         pa.field("road_score", pa.float32()),  # ROAD faithfulness (cam.faithfulness), null when off
         pa.field("deletion_auc", pa.float32()),  # cam.faithfulness: score as the most relevant pixels go (lower: faithful)
         pa.field("insertion_auc", pa.float32()),  # cam.faithfulness: score as they come back (higher: faithful)
+        pa.field("eye", pa.string()),  # left / right where the manifest knows it
+        # Mask-free descriptors of the map as the engine made it (drray.scores.descriptors), for drray audit:
+        pa.field("map_grid", pa.binary()),  # float16 16 x 16 mass per cell of the crop box, sum 1, left eyes mirrored
+        pa.field("mass_y", pa.float32()),  # mass centre in field radii from the field's centre (y down)
+        pa.field("mass_x", pa.float32()),  # ... and x towards the nasal side
+        pa.field("mass_spread", pa.float32()),  # RMS distance of the mass from its centre, in field radii
+        pa.field("rim_energy", pa.float32()),  # share of the mass on the field's outer rim (radius >= 0.85)
+        pa.field("outside_energy", pa.float32()),  # share of the mass outside the field of view
+        pa.field("flags", pa.list_(pa.string())),  # outside_field, rim, disc, empty_map (descriptors.FLAG_RULES)
         pa.field("overlay_png", pa.binary()),  # thumbnail: the map over the colour photograph, cropped to the fundus
     ]
 )
@@ -150,6 +159,91 @@ RANDOMISATION_SCHEMA = pa.schema(
 (every pixel of an empty map ties for the maximum): the image's `chance_hit`. Random networks give
 many empty maps (every weighted activation negative); counted as misses they pull a random-weights
 hit rate below chance, which would read as a result when it is only the scoring of "no evidence"."""
+
+STRATEGY_OF_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("dataset", pa.string()),
+        pa.field("split", pa.string()),
+        pa.field("model_id", pa.string()),
+        pa.field("cam_method", pa.string()),
+        pa.field("strategy", pa.string()),  # its strategy among maps of its predicted grade (fundus frame)
+        pa.field("referable_strategy", pa.string()),  # ... among maps of its referable / not referable call
+        pa.field("camera_strategy", pa.string()),  # the same two in the camera frame (left eyes not mirrored)
+        pa.field("camera_referable_strategy", pa.string()),
+    ]
+)
+"""strategy_of.parquet (`drray audit`): the strategies of each explanation row; `drray query` joins it into explanations."""
+
+STRATEGIES_SCHEMA = pa.schema(
+    [
+        pa.field("model_id", pa.string()),
+        pa.field("cam_method", pa.string()),
+        pa.field("frame", pa.string()),  # fundus (left eyes mirrored: anatomy lines up) or camera (as photographed)
+        pa.field("grouping", pa.string()),  # grade (per predicted grade) or referable (referable vs not)
+        pa.field("class", pa.string()),  # grade0..grade4, referable, not_referable
+        pa.field("strategy", pa.string(), nullable=False),  # method/frame/class/sN
+        pa.field("images", pa.int64()),  # maps in the strategy
+        pa.field("class_images", pa.int64()),  # maps of its class
+        pa.field("share", pa.float64()),  # images / class_images
+        pa.field("k", pa.int16()),  # strategies its class was cut into
+        pa.field("silhouette", pa.float64()),  # of that cut, on the fitting sample (null: one strategy)
+        pa.field("centroid", pa.binary()),  # float16 16 x 16: the members' mean map grid (fundus frame, left eyes mirrored)
+        pa.field("centroid_png", pa.binary()),
+        pa.field("place", pa.string()),  # where its place is, in words (outside the field, field rim, optic disc, retina ...)
+        pa.field("place_area", pa.float64()),  # share of the frame the place covers
+        pa.field("place_y", pa.float64()),  # the place's centre, in crop-box half sides from the centre (y down)
+        pa.field("place_x", pa.float64()),  # ... x towards the nasal side
+        pa.field("place_cells", pa.binary()),  # numpy.packbits of the place's 256 grid cells, row-major
+        pa.field("at_place", pa.float64()),  # share of members putting member_density x a uniform map's mass there
+        pa.field("at_place_mass", pa.float64()),  # members' mean share of mass on the place
+        pa.field("density", pa.float64()),  # at_place_mass / place_area: times a uniform map's mass
+        pa.field("mass_y", pa.float64()),  # members' mean mass centre, field radii
+        pa.field("mass_x", pa.float64()),
+        pa.field("mass_spread", pa.float64()),
+        pa.field("od_energy", pa.float64()),  # members' mean energy on the disc (where masks exist)
+        pa.field("rim_energy", pa.float64()),
+        pa.field("outside_energy", pa.float64()),
+        pa.field("lesion_lift", pa.float64()),  # median energy_in_lesions / lesion_area of masked members
+        pa.field("masked_images", pa.int64()),  # members with lesion masks
+        pa.field("pointing_hit_rate", pa.float64()),
+        pa.field("accuracy", pa.float64()),  # pred == label inside the strategy ...
+        pa.field("accuracy_outside", pa.float64()),  # ... and over the rest of its class
+        pa.field("referable_rate", pa.float64()),  # share called referable inside / outside
+        pa.field("referable_rate_outside", pa.float64()),
+        pa.field("truly_referable_rate", pa.float64()),  # share with label >= 2 inside / outside
+        pa.field("truly_referable_rate_outside", pa.float64()),
+        pa.field("verdict", pa.string()),  # suspect or ok (drray.audit.strategies: the rule)
+        pa.field("reason", pa.string()),
+        pa.field("rule", pa.string()),  # JSON: the audit settings the verdict used
+        pa.field("intervened", pa.int64()),  # images predicted again (suspects only)
+        pa.field("changed_removed", pa.float64()),  # share whose predicted grade changed with the place removed
+        pa.field("changed_control", pa.float64()),  # ... with a control place of the same size removed
+        pa.field("flips_removed", pa.float64()),  # share whose referable call flipped, place removed
+        pa.field("flips_control", pa.float64()),
+        pa.field("confirmed", pa.bool_()),  # the intervention confirmed the shortcut (null: not tested)
+    ]
+)
+"""strategies.parquet (`drray audit`): what the model looks at, one row per strategy of its maps."""
+
+INTERVENTIONS_SCHEMA = pa.schema(
+    [
+        pa.field("strategy", pa.string(), nullable=False),
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("dataset", pa.string()),
+        pa.field("split", pa.string()),
+        pa.field("label", pa.int8()),
+        pa.field("pred", pa.int8()),  # the photograph as it is
+        pa.field("pred_removed", pa.int8()),  # the strategy's place removed (audit.intervention)
+        pa.field("pred_control", pa.int8()),  # a place of the same size elsewhere removed
+        pa.field("referable_prob", pa.float32()),
+        pa.field("referable_prob_removed", pa.float32()),
+        pa.field("referable_prob_control", pa.float32()),
+        pa.field("region_area", pa.float32()),  # share of the input the removed region covers
+        pa.field("error", pa.string()),  # why the photograph could not be predicted again
+    ]
+)
+"""interventions.parquet (`drray audit`): each suspect strategy's photographs predicted again."""
 
 TRIALS_SCHEMA = pa.schema(
     [
@@ -198,6 +292,29 @@ METRICS_SCHEMA = pa.schema(
     ]
 )
 """metrics.parquet (`drray evaluate`): one figure per row, in long form, per dataset, split, model and CAM method."""
+
+
+VERDICTS = ("on", "off", "cant_tell")
+"""A grader's verdict on one map: it falls on the lesions, off them, or the grader cannot tell."""
+
+REVIEWS_SCHEMA = pa.schema(
+    [
+        pa.field("review_id", pa.string(), nullable=False),  # a uuid: the name of the verdict's file
+        pa.field("reviewer", pa.string(), nullable=False),
+        pa.field("time", pa.timestamp("us", tz="UTC"), nullable=False),
+        # The explanation row reviewed (its keys in the explanations table).
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("dataset", pa.string()),
+        pa.field("split", pa.string()),
+        pa.field("model_id", pa.string()),
+        pa.field("cam_method", pa.string(), nullable=False),
+        pa.field("verdict", pa.string(), nullable=False),  # one of VERDICTS
+        # Where the reviewer clicked the lesion: pixels of the shown overlay over its height / width, in [0, 1].
+        pa.field("point_y", pa.float32()),
+        pa.field("point_x", pa.float32()),
+    ]
+)
+"""reviews/ (the Explore tab, `drray.evaluate.reviews`): one Parquet file of one row per verdict, named by review_id."""
 
 
 def empty_table(schema: pa.Schema) -> pa.Table:

@@ -7,12 +7,14 @@ override names a section and a field, `train.epochs=3`, and its value is parsed 
     data      SynthConfig, PreprocessConfig, DataConfig
     training  ModelConfig, TrainConfig, TuneConfig
     explain   CamConfig (what a map is), ExplainConfig (how the batch job runs)
+    audit     AuditConfig (drray audit: strategies, the suspect rule, the intervention)
     serve     ServeConfig
     recipe    Config (every section), apply_override, build
 """
 
 from __future__ import annotations
 
+from drray.config.audit import AuditConfig
 from drray.config.data import DataConfig, PreprocessConfig, SynthConfig
 from drray.config.explain import CamConfig, ExplainConfig
 from drray.config.recipe import MOVED, Config, apply_override, build
@@ -21,5 +23,5 @@ from drray.config.training import ModelConfig, TrainConfig, TuneConfig
 
 __all__ = [
     "Config", "SynthConfig", "PreprocessConfig", "DataConfig", "ModelConfig", "TrainConfig", "TuneConfig",
-    "CamConfig", "ExplainConfig", "ServeConfig", "MOVED", "apply_override", "build",
+    "CamConfig", "ExplainConfig", "AuditConfig", "ServeConfig", "MOVED", "apply_override", "build",
 ]

@@ -10,6 +10,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from drray.config.audit import AuditConfig
 from drray.config.data import DataConfig, SynthConfig
 from drray.config.explain import CamConfig, ExplainConfig
 from drray.config.serve import ServeConfig
@@ -27,6 +28,7 @@ class Config:
     tune: TuneConfig = field(default_factory=TuneConfig)
     cam: CamConfig = field(default_factory=CamConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
 
     @classmethod

@@ -82,7 +82,7 @@ def build_dataset(
     df = df[keep].copy()
     # Arrow cannot carry a nullable int8 through numpy batches: unknown labels become -1.
     df["label"] = df["label"].fillna(-1).astype(np.int16)
-    for c in MASK_COLUMNS:
+    for c in (*MASK_COLUMNS, "eye"):
         if c in df.columns:
             df[c] = df[c].astype(object).where(df[c].notna(), "")
     # Blocks are cut here: from_pandas(override_num_blocks=...) relies on np.array_split of a

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PASSTHROUGH_COLUMNS = ("image_id", "dataset", "split", "label", "patient_id", "path")
+PASSTHROUGH_COLUMNS = ("image_id", "dataset", "split", "label", "patient_id", "eye", "path")
 """Manifest columns a decoded batch carries on unchanged."""
 
 

@@ -103,12 +103,14 @@ def compute_metrics(explanations: "pd.DataFrame", randomisation: "pd.DataFrame |
 
 def evaluate(explanations_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
              randomisation: str | os.PathLike | None = None, n_boot: int = 1000, seed: int = 0,
-             min_n: int = MIN_N) -> dict[str, Any]:
+             min_n: int = MIN_N, reviews: str | os.PathLike | None = None) -> dict[str, Any]:
     """Metrics of an explanations table (folder, local or URI) into OUT/metrics.json and OUT/metrics.parquet.
 
-    randomisation: a randomisation.parquet to report beside (None: none). Returns metrics.json's content.
+    randomisation: a randomisation.parquet to report beside (None: none). reviews: a reviews/ folder of
+    graders' verdicts (`drray.evaluate.reviews`; None: none). Returns metrics.json's content.
     """
     from drray.evaluate.metrics_table import metrics_table
+    from drray.evaluate.reviews import evaluate_reviews
     from drray.evaluate.tables import read_explanations, read_randomisation
 
     rows = read_explanations(explanations_dir)
@@ -116,6 +118,7 @@ def evaluate(explanations_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     result = compute_metrics(rows, rand, n_boot=n_boot, seed=seed, min_n=min_n)
     result = {"explanations": str(explanations_dir),
               "randomisation": str(randomisation) if rand is not None else None, **result}
+    result["reviews"] = evaluate_reviews(reviews, rows, min_n)
     out = RunDir(out_dir)
     storage.make_dirs(out.root)
     storage.write_parquet(out.metrics, metrics_table(result))
@@ -125,7 +128,7 @@ def evaluate(explanations_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
 
 def evaluate_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *, n_boot: int = 1000,
                  seed: int = 0, min_n: int = MIN_N) -> dict[str, Any]:
-    """`evaluate` of a run directory's explanations (and randomisation.parquet, where present) into OUT (default: the run).
+    """`evaluate` of a run's explanations (with randomisation.parquet, reviews/ where present) into OUT (default: run).
 
     Returns metrics.json's content: headline figures at the top (n, qwk, qwk_ci_low, qwk_ci_high,
     referable_auc, sensitivity, specificity, ece, pointing_hit_rate, chance_hit, ...), `groups`
@@ -134,7 +137,7 @@ def evaluate_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     run = RunDir(run_dir)
     rand = run.randomisation if storage.is_file(run.randomisation) else None
     return evaluate(run.explanations, out if out is not None else run.root, randomisation=rand, n_boot=n_boot,
-                    seed=seed, min_n=min_n)
+                    seed=seed, min_n=min_n, reviews=run.reviews)
 
 
 def headline(metrics: dict[str, Any]) -> str:

@@ -13,6 +13,10 @@ Families and their metrics (cam_method is null for grading):
     concentration  cam_entropy, peak_share (all, or per true grade)
     randomisation  pointing_hit_rate, energy_in_lesions, rank_corr per cascade step
     observation    observation_a, _b, _c: the key figure, what it is compared with, and `status`
+    review         graders' verdicts (drray.evaluate.reviews), per CAM method, all or per error bucket:
+                   reviewed_hit_rate ("on" among on + off, Wilson), reviewed_cant_tell (count); all maps only:
+                   reviewer_agreement (beside chance_agreement), reviewer_kappa (Cohen's for two reviewers,
+                   Fleiss' for more: metrics.json's reviews entry says which)
 """
 
 from __future__ import annotations
@@ -119,6 +123,21 @@ def _method(key: dict[str, Any], method: str, e: dict[str, Any]) -> Iterator[dic
                    n=v["n"], baseline=v["baseline"], baseline_metric=v["baseline_metric"] or None, status=v["status"])
 
 
+def _reviews(r: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
+    for grp in (r or {}).get("groups", []):
+        fam = dict(family="review", **{k: grp[k] for k in ("dataset", "split", "model_id", "cam_method")})
+        for b, s in [(None, grp["all"]), *grp["buckets"].items()]:
+            yield _row(**fam, error_bucket=b, metric="reviewed_hit_rate", value=s["hit_rate"],
+                       ci_low=s["hit_rate_ci_low"], ci_high=s["hit_rate_ci_high"], ci_method="wilson", n=s["n"])
+            yield _row(**fam, error_bucket=b, metric="reviewed_cant_tell", value=float(s["cant_tell"]),
+                       n=s["on"] + s["off"] + s["cant_tell"])
+        a = grp["agreement"]
+        if a:
+            yield _row(**fam, metric="reviewer_agreement", value=a["agreement"], n=a["maps"],
+                       baseline=a["chance_agreement"], baseline_metric="chance_agreement")
+            yield _row(**fam, metric="reviewer_kappa", value=a["kappa"], n=a["maps"])
+
+
 def metrics_table(metrics: dict[str, Any]) -> pa.Table:
     """Every figure of an `evaluate` result as a METRICS_SCHEMA table."""
     rows: list[dict[str, Any]] = []
@@ -127,5 +146,6 @@ def metrics_table(metrics: dict[str, Any]) -> pa.Table:
         rows += _grading(key, grp["grading"])
         for method, e in grp["methods"].items():
             rows += _method(key, method, e)
+    rows += _reviews(metrics.get("reviews"))
     cols = {name: [r[name] for r in rows] for name in METRICS_SCHEMA.names}
     return pa.Table.from_pydict(cols, schema=METRICS_SCHEMA)

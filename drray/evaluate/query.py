@@ -3,8 +3,10 @@
     drray query "select cam_method, avg(pointing_hit::int) from explanations where label >= 1 group by 1"
     df = drray.query("select * from explanations where pred != label", run="runs/demo")   # pandas
 
-Views (those the run has): manifest, ingest_errors, trials, explanations, explain_errors, metrics,
-and `errors`: both error tables in one, with a `command` column (ingest or explain). Tables are
+Views (those the run has): manifest, ingest_errors, trials, explanations, explain_errors, randomisation,
+strategies, strategy_of, interventions, reviews, metrics, and `errors`: both error tables in one, with a
+`command` column (ingest or explain). Once `drray audit` has run, `explanations` has its four strategy columns
+(STRATEGY_COLUMNS, from strategy_of; null for rows the audit did not see). Tables are
 opened as pyarrow datasets (hive partitions of explanations/ become columns), so a run on s3://
 is queried the same way, with filters pushed down to the Parquet files.
 """
@@ -16,6 +18,13 @@ import os
 from drray.rundir import DEFAULT_RUN, ERRORS_VIEW, TABLES, RunDir
 
 FORMATS = ("table", "csv", "json")
+STRATEGY_KEYS = ("image_id", "dataset", "split", "model_id", "cam_method")
+"""What names an explanation row in strategy_of (drray.audit)."""
+STRATEGY_COLUMNS = ("strategy", "referable_strategy", "camera_strategy", "camera_referable_strategy")
+"""The strategies of a row (drray.audit: per predicted grade and referable call, in the fundus and camera frames)."""
+STRATEGY_JOIN = (
+    f"select e.*, {', '.join(f's.{c}' for c in STRATEGY_COLUMNS)} from _arrow_explanations e "
+    "left join _arrow_strategy_of s on " + " and ".join(f"e.{k} is not distinct from s.{k}" for k in STRATEGY_KEYS))
 
 
 def _dataset(location: str, partitioned: bool):
@@ -64,6 +73,8 @@ def connect(run_dir: str | os.PathLike):
         con.register(f"_arrow_{t.view}", ds)
         con.execute(f"create view {t.view} as select * from _arrow_{t.view}")
         found.append(t.view)
+    if "explanations" in found and "strategy_of" in found:
+        con.execute(f"create or replace view explanations as {STRATEGY_JOIN}")
     parts = [f"select '{name.split('_')[0]}' as command, * from {name}"
              for name in ("ingest_errors", "explain_errors") if name in found]
     if parts:

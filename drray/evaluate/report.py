@@ -4,7 +4,8 @@
 
 Headline grading figures with intervals, the confusion matrix, ROC and calibration plots, the
 Tune trials, the three observations measured (`observations`), localisation beside chance,
-the randomisation check where the run has one, and galleries chosen by rule (`gallery`). Every
+the randomisation check where the run has one, what the model looks at where `drray audit` has run
+(drray.evaluate.strategy_section), and galleries chosen by rule (`gallery`). Every
 image and plot is inline (base64 data URIs) and the page loads nothing at view time: it can be
 mailed, archived or opened offline. The HTML comes from the jinja2 template shipped in
 drray/evaluate/templates.
@@ -213,6 +214,9 @@ def build_context(run_dir: str | os.PathLike, metrics: dict[str, Any], rows: pd.
             typical["grades"].append({"grade": grade, "name": GRADE_NAMES[grade], "n": int(ent.notna().sum()),
                                       "median": float(ent.median()),
                                       "cards": _cards(picked, method, run, manifest, cfg)})
+    from drray.evaluate.strategy_section import strategies_context
+
+    strategies = strategies_context(run.root, manifest, cfg)
     hm = metrics["groups"][groups.index(head)]
     loc = hm["methods"][method]["localisation"]["all"] if method else None
     return {
@@ -231,6 +235,7 @@ def build_context(run_dir: str | os.PathLike, metrics: dict[str, Any], rows: pd.
         "trials": _trials(run),
         "galleries": galleries,
         "typical": typical,
+        "strategies": strategies,
         "gallery_where": f"{method} maps of {head['label']}" if method else "No CAM method in this run",
         "legend": [(t, LESION_NAMES[t], "rgb({}, {}, {})".format(*_colour(t))) for t in (*LESION_TYPES, "od")],
     }

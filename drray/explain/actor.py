@@ -52,6 +52,7 @@ def _image_fields(batch: dict[str, np.ndarray], i: int) -> dict[str, Any]:
         "split": None if batch["split"][i] is None else str(batch["split"][i]),
         "label": label if label >= 0 else None,
         "quality_ok": bool(batch["quality_ok"][i]),
+        "eye": (str(batch["eye"][i]) or None) if "eye" in batch and batch["eye"][i] is not None else None,
     }
 
 
@@ -153,7 +154,7 @@ class BatchExplainer:
         photo = [batch["photo"][i] if "photo" in batch else batch["image"][i]]
         for m, maps in out.maps.items():
             try:
-                scored = self.predictor.score_maps(maps[j:j + 1], geometry, bits, photo)[0]
+                scored = self.predictor.score_maps(maps[j:j + 1], geometry, bits, photo, eyes=[base["eye"]])[0]
                 extra = {k: finite_or_none(v[j]) for k, v in out.faithfulness.get(m, {}).items()}
                 rows.add({
                     **base,

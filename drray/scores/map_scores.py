@@ -3,7 +3,9 @@
     scored = map_scores(cam, geometry, mask_bits, cam_size=32, tolerance=0.02, grid_stride=8)
     scored.cam        # (S, S) float32: the map inside the fundus, what the row stores and the overlay shows
     scored.columns    # cam, cam_h, cam_w, peak_y, peak_x, cam_entropy, pointing_hit, energy_*, od_energy,
-                      # lesion_area, chance_hit, ideal_energy (schema.EXPLANATIONS_SCHEMA)
+                      # lesion_area, chance_hit, ideal_energy, and the mask-free descriptors map_grid,
+                      # mass_y, mass_x, mass_spread, rim_energy, outside_energy, flags
+                      # (drray.scores.descriptors; schema.EXPLANATIONS_SCHEMA)
 
 Every path that scores a map comes here through `drray.inference.Predictor.score_maps`: the explain
 actors, the randomisation check, layer selection and serving, so their numbers cannot drift apart.
@@ -81,6 +83,7 @@ def map_scores(
     cam_size: int,
     tolerance: float,
     grid_stride: int | None = None,
+    eye: str | None = None,
 ) -> ScoredMap:
     """The map inside its photograph's field of view, and the columns of its explanation row.
 
@@ -96,14 +99,18 @@ def map_scores(
     with masks and a field it gives `ideal_energy`, the `energy_in_lesions` of the ideal map on that
     grid (drray.scores.localisation.ideal_energy_share): how much of a map's mass can sit on these
     lesions at all once they are drawn in cells of that size.
+    eye: "left" or "right" where known: the descriptors (drray.scores.descriptors) mirror left eyes.
     Lesion scores are null where the image has no pixel of that type (no mask, or an empty one):
     there is nothing to point at, and a share of 0 would only restate the absence.
     """
     from drray.data.mask_bits import unpack_mask
     from drray.data.preprocess import box_to_image_coords
 
+    from drray.scores.descriptors import map_descriptors
+
     side = cam.shape[0]
     field_of_view = geometry.field_mask(side)
+    raw = cam
     cam = within_field(cam, field_of_view)
     small = shrink_map(cam, cam_size)
     p = peak(cam)
@@ -127,6 +134,7 @@ def map_scores(
         "ideal_energy": None,
     }
     if mask_bits is None:
+        row.update(map_descriptors(raw, geometry, eye, field_of_view=field_of_view))
         return ScoredMap(cam, row)
     lesions = unpack_mask(mask_bits, LESION_TYPES)
     if lesions.any():
@@ -143,4 +151,5 @@ def map_scores(
         m = unpack_mask(mask_bits, t)
         if m.any():
             row["od_energy" if t == OPTIC_DISC else f"energy_{t}"] = finite_or_none(energy_share(cam, m))
+    row.update(map_descriptors(raw, geometry, eye, od_energy=row["od_energy"], field_of_view=field_of_view))
     return ScoredMap(cam, row)

@@ -5,6 +5,12 @@ run's tables, local or on object storage), with every value passed as a query pa
 
     find_explanations("runs/demo", ExploreFilter(true_grade=2, error="off by two or more"))
     explanation_row("runs/demo", "synth_00012", "gradcam")
+
+Once `drray audit` has run, rows filter by strategy too (the `strategy` column the query layer joins
+in). A selected row gets a review panel: a grader says whether its map falls on the lesions
+(`submit_review`, stored by `drray.evaluate.reviews`), optionally clicking the lesion on the overlay
+first. The page holds a token per verdict (a uuid issued with the row and after each recording) and
+sends it with the click, so a click submitted twice is recorded once.
 """
 
 # No `from __future__ import annotations`: Gradio reads `evt: gr.SelectData` from the real annotation.
@@ -32,6 +38,8 @@ PEAK_HIT = {
     "no lesion masks": "pointing_hit is null",
 }
 """Whether the map's peak fell on a lesion (the pointing game; null where the image has no masks)."""
+REVIEW_BUTTONS = {"on": "On the lesions", "off": "Off the lesions", "cant_tell": "Can't tell"}
+"""The review panel's buttons, by verdict (schema.VERDICTS)."""
 BINARY_COLUMNS = ("cam", "overlay_png")
 DEFAULT_LIMIT = 48
 MAX_LIMIT = 500
@@ -52,6 +60,8 @@ class ExploreFilter:
     method: str | None = None
     """A CAM method (cam_method)."""
     split: str | None = None
+    strategy: str | None = None
+    """A strategy id of `drray audit` (the `strategies` view); only runs that were audited have one."""
 
     def where(self) -> tuple[str, list[Any]]:
         """SQL condition and its parameters; ValueError for a value no row could have."""
@@ -82,6 +92,12 @@ class ExploreFilter:
             if value is not None:
                 conds.append(f"{column} = ?")
                 params.append(str(value))
+        strategy = _none_if_any(self.strategy)
+        if strategy is not None:  # a strategy of any frame and grouping (its id says which)
+            from drray.evaluate.query import STRATEGY_COLUMNS
+
+            conds.append(f"? in ({', '.join(STRATEGY_COLUMNS)})")
+            params.append(str(strategy))
         return (" and ".join(conds) or "true"), params
 
 
@@ -110,8 +126,18 @@ def _connect(run_dir: str | os.PathLike):
     return con
 
 
+def strategy_choices(con) -> list[tuple[str, str]]:
+    """(label, strategy id) of each strategy of an audited run, " (suspect)" after suspects; [] before an audit."""
+    from drray.evaluate.query import tables
+
+    if "strategies" not in tables(con) or "strategy_of" not in tables(con):
+        return []
+    rows = con.execute("select distinct strategy, verdict from strategies where strategy is not null order by 1")
+    return [(f"{sid} (suspect)" if verdict == "suspect" else str(sid), str(sid)) for sid, verdict in rows.fetchall()]
+
+
 def explore_summary(run_dir: str | os.PathLike | None) -> dict[str, Any]:
-    """What the run holds: rows, datasets, methods and splits of its explanations (or why there are none)."""
+    """What the run holds: rows, datasets, methods, splits and strategies of its explanations (or why none)."""
     if not run_dir:
         return {"ok": False, "message": "no run directory was given to this server (application argument run_dir)"}
     try:
@@ -126,7 +152,7 @@ def explore_summary(run_dir: str | os.PathLike | None) -> dict[str, Any]:
         return {"ok": True, "run_dir": str(run_dir),
                 "rows": int(con.execute("select count(*) from explanations").fetchone()[0]),
                 "datasets": distinct("dataset"), "methods": distinct("cam_method"), "splits": distinct("split"),
-                "message": ""}
+                "strategies": strategy_choices(con), "message": ""}
     finally:
         con.close()
 
@@ -138,10 +164,13 @@ def find_explanations(run_dir: str | os.PathLike, flt: ExploreFilter = ExploreFi
     where, params = flt.where()
     con = _connect(run_dir)
     try:
+        if _none_if_any(flt.strategy) is not None and not strategy_choices(con):
+            raise ValueError(f"run directory {str(run_dir)!r} has no strategies to filter by; "
+                             "run `drray audit` on it first")
         total = int(con.execute(f"select count(*) from explanations where {where}", params).fetchone()[0])
         cur = con.execute(
-            "select image_id, dataset, split, label, pred, cam_method, referable_prob, pointing_hit, quality_ok, "
-            f"overlay_png from explanations where {where} "
+            "select image_id, dataset, split, model_id, label, pred, cam_method, referable_prob, pointing_hit, "
+            f"quality_ok, overlay_png from explanations where {where} "
             "order by abs(coalesce(pred - label, 0)) desc, image_id, cam_method limit ?", [*params, limit])
         columns = [d[0] for d in cur.description]
         return [dict(zip(columns, r)) for r in cur.fetchall()], total
@@ -207,18 +236,67 @@ def thumbnail(png: bytes | None):
     return Image.open(io.BytesIO(png)).convert("RGB")
 
 
+# ------------------------------------------------------------------------------- review panel
+def review_key(row: dict[str, Any]) -> dict[str, Any]:
+    """The keys that name a row's map (`reviews.MAP_KEYS`), from a row of `find_explanations`."""
+    from drray.evaluate.reviews import MAP_KEYS
+
+    return {k: row.get(k) for k in MAP_KEYS}
+
+
+def click_point(index: Any, size: tuple[int, int] | None) -> tuple[float, float]:
+    """(point_y, point_x) of a click at pixel index = [x, y] of an overlay of size (width, height): the
+    pixel's centre over the side, so every pixel of the overlay lies inside [0, 1]."""
+    if size is None or not index or len(index) != 2:
+        raise ValueError("click on the overlay of a selected row to mark the lesion")
+    (x, y), (w, h) = index, size
+    return (float(y) + 0.5) / h, (float(x) + 0.5) / w
+
+
+def submit_review(run_dir: str | os.PathLike, key: dict[str, Any] | None, reviewer: str, verdict: str,
+                  point: tuple[float, float] | None = None, token: str | None = None) -> str:
+    """Record one verdict on the selected map; the status line to show. ValueError says what is wrong.
+
+    token: the page's uuid for this verdict: a second submit with the same token records nothing more.
+    """
+    from drray.evaluate.reviews import record_review
+
+    if not key:
+        raise ValueError("select a row first: click a thumbnail")
+    point_y, point_x = point if point else (None, None)
+    review = record_review(run_dir, reviewer=reviewer, verdict=verdict, point_y=point_y, point_x=point_x,
+                           review_id=token or None, **key)
+    where = "" if review.point_y is None else f" at y {review.point_y:.2f}, x {review.point_x:.2f}"
+    return f"recorded: {review.verdict}, by {review.reviewer}, for {review.image_id} {review.cam_method}{where}"
+
+
+def verdicts_text(run_dir: str | os.PathLike, key: dict[str, Any] | None) -> str:
+    """How many verdicts the selected map has (each reviewer's latest)."""
+    from drray.evaluate.reviews import VERDICT_NAMES, map_verdicts
+
+    if not key:
+        return ""
+    counts = map_verdicts(run_dir, **key)
+    if not counts["reviewers"]:
+        return "No verdict on this map yet."
+    parts = ", ".join(f"{VERDICT_NAMES[v]} {counts[v]}" for v in VERDICT_NAMES)
+    return f"Verdicts on this map: {parts} ({counts['reviewers']} reviewer{'s' * (counts['reviewers'] != 1)})."
+
+
 # ------------------------------------------------------------------------------------- the tab
 def build_explore_tab(run_dir: str | None):
     """The Explore tab's components and events, inside an open `gr.Blocks` / `gr.Tab`.
 
-    Returns (function, outputs) for the page's load event: the dataset and method choices of the run
-    as it is when the page opens (a run being explained gains rows while the server runs).
+    Returns (function, outputs) for the page's load event: the dataset, method and strategy choices of
+    the run as it is when the page opens (a run being explained or audited changes while the server runs).
     """
     import gradio as gr
 
+    from drray.evaluate.reviews import new_review_id
+
     grades = [ANY, *(str(g) for g in range(NUM_GRADES))]
     gr.Markdown(f"Explanations of the run directory `{run_dir}`: filter them, then click a thumbnail "
-                "for its full row." if run_dir else "No run directory was given to this server.")
+                "for its full row and to review its map." if run_dir else "No run directory was given to this server.")
     status = gr.Markdown(elem_id="explore-status")
     with gr.Row():
         true_grade = gr.Dropdown([*grades, UNKNOWN_GRADE], value=ANY, label="True grade", elem_id="explore-true")
@@ -231,47 +309,89 @@ def build_explore_tab(run_dir: str | None):
                               elem_id="explore-dataset")
         method = gr.Dropdown([ANY, *found.get("methods", [])], value=ANY, label="CAM method",
                              elem_id="explore-method")
+        strategy = gr.Dropdown([(ANY, ANY), *found.get("strategies", [])], value=ANY, label="Strategy",
+                               visible=bool(found.get("strategies")), elem_id="explore-strategy")
         limit = gr.Slider(1, MAX_LIMIT, value=DEFAULT_LIMIT, step=1, label="Thumbnails at most")
         show = gr.Button("Show", variant="primary", elem_id="explore-show")
     gallery = gr.Gallery(label="Overlays (worst errors first)", columns=6, height="auto", format="png",
                          allow_preview=False, elem_id="explore-gallery")
     keys = gr.State([])
     with gr.Row():
-        chosen = gr.Image(label="Overlay", type="pil", format="png", interactive=False, elem_id="explore-overlay")
+        chosen = gr.Image(label="Overlay (click the lesion to mark it)", type="pil", format="png", interactive=False,
+                          elem_id="explore-overlay")
         details = gr.JSON(label="Full row", elem_id="explore-row")
+    with gr.Column(visible=False, elem_id="review-panel") as panel:
+        gr.Markdown("**Does this map fall on the lesions?** Optionally click the lesion on the overlay, "
+                    "then give your verdict.")
+        with gr.Row():
+            reviewer = gr.Textbox(label="Reviewer", placeholder="your name", max_lines=1, elem_id="review-reviewer")
+            buttons = {v: gr.Button(label, elem_id=f"review-{v}") for v, label in REVIEW_BUTTONS.items()}
+        review_status = gr.Markdown(elem_id="review-status")
+        review_count = gr.Markdown(elem_id="review-count")
+        token = gr.Textbox(visible="hidden", elem_id="review-token")  # held by the page, sent with each click
+    selected = gr.State(None)  # {"key": the map's keys, "size": the overlay's (width, height)}
+    point = gr.State(None)
 
     def choices():
         s = explore_summary(run_dir)
         if not s["ok"]:
-            return (gr.update(choices=[ANY], value=ANY), gr.update(choices=[ANY], value=ANY), s["message"])
+            return (gr.update(choices=[ANY], value=ANY), gr.update(choices=[ANY], value=ANY), s["message"],
+                    gr.update(choices=[(ANY, ANY)], value=ANY, visible=False))
         return (gr.update(choices=[ANY, *s["datasets"]], value=ANY), gr.update(choices=[ANY, *s["methods"]], value=ANY),
                 f"{s['rows']} explanation rows: datasets {', '.join(s['datasets']) or '-'}; "
-                f"methods {', '.join(s['methods']) or '-'}")
+                f"methods {', '.join(s['methods']) or '-'}",
+                gr.update(choices=[(ANY, ANY), *s["strategies"]], value=ANY, visible=bool(s["strategies"])))
 
-    def search(true_grade, pred_grade, error, peak, dataset, method, limit):
+    def search(true_grade, pred_grade, error, peak, dataset, method, limit, strategy=ANY):
         if not run_dir:
             raise gr.Error("no run directory was given to this server (application argument run_dir)")
         flt = ExploreFilter(true_grade=true_grade, pred_grade=pred_grade, error=error, dataset=dataset,
-                            peak_hit=peak, method=method)
+                            peak_hit=peak, method=method, strategy=strategy)
         try:
             rows, total = find_explanations(run_dir, flt, int(limit))
         except (ValueError, FileNotFoundError) as e:
             raise gr.Error(str(e)) from None
-        items = [(thumbnail(r["overlay_png"]), caption(r)) for r in rows if r.get("overlay_png")]
+        rows = [r for r in rows if r.get("overlay_png")]
+        items = [(thumbnail(r["overlay_png"]), caption(r)) for r in rows]
         shown = f"{total} rows match; showing {len(items)}" if total else "no rows match these filters"
-        return items, [(r["image_id"], r["cam_method"]) for r in rows if r.get("overlay_png")], shown
+        return items, [review_key(r) for r in rows], shown
 
     def show_row(keys, evt: gr.SelectData):
         if evt is None or evt.index is None or not keys:
-            return None, None
+            return (None, None, None, None, gr.update(), "", "", "")
         index = evt.index if isinstance(evt.index, int) else evt.index[0]
-        image_id, method_name = keys[index]
-        return _overlay_of(run_dir, image_id, method_name), explanation_row(run_dir, image_id, method_name)
+        key = keys[index]
+        image = _overlay_of(run_dir, key["image_id"], key["cam_method"])
+        return (image, explanation_row(run_dir, key["image_id"], key["cam_method"]),
+                {"key": key, "size": image.size if image is not None else None}, None, gr.update(visible=True), "",
+                verdicts_text(run_dir, key), new_review_id())
 
-    filters = [true_grade, pred_grade, error, peak, dataset, method, limit]
+    def set_point(selected, evt: gr.SelectData):
+        try:
+            y, x = click_point(evt.index if evt is not None else None, selected and selected["size"])
+        except ValueError as e:
+            return None, str(e)
+        return (y, x), f"lesion marked at y {y:.2f}, x {x:.2f} of the overlay; now give your verdict"
+
+    def recorder(verdict: str):
+        def record(selected, reviewer, point, token):
+            key = selected and selected["key"]
+            try:
+                text = submit_review(run_dir, key, reviewer, verdict, point, token)
+            except (ValueError, FileNotFoundError) as e:
+                return f"not recorded: {e}", gr.update(), gr.update(), gr.update()
+            return text, verdicts_text(run_dir, key), None, new_review_id()
+        return record
+
+    filters = [true_grade, pred_grade, error, peak, dataset, method, limit, strategy]
     gr.on([show.click], search, inputs=filters, outputs=[gallery, keys, status], api_name="search")
-    gallery.select(show_row, inputs=[keys], outputs=[chosen, details], api_name="show_row")
-    return choices, [dataset, method, status]
+    gallery.select(show_row, inputs=[keys], outputs=[chosen, details, selected, point, panel, review_status,
+                                                     review_count, token], api_name="show_row")
+    chosen.select(set_point, inputs=[selected], outputs=[point, review_status], api_name=False)
+    for verdict, button in buttons.items():
+        button.click(recorder(verdict), inputs=[selected, reviewer, point, token],
+                     outputs=[review_status, review_count, point, token], api_name=f"review_{verdict}")
+    return choices, [dataset, method, status, strategy]
 
 
 def _overlay_of(run_dir: str, image_id: str, method: str):
