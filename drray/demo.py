@@ -64,8 +64,11 @@ def run_demo(cfg: Config, out: str | os.PathLike, console: Console | None = None
     audited = audit(run.root, cfg.audit, max_pixels=cfg.data.max_image_pixels, decode_cpus=cfg.data.decode_cpus)
     summary = audited.summary().splitlines()
     step.done(summary[0], run.strategies)
-    for line in summary[1:]:
+    for line in summary[1:4]:
         console.print(f"{' ' * 16}{line.strip()}")
+    if len(summary) > 4:
+        console.print(f"{' ' * 16}... and {len(summary) - 4} more suspect strategies: drray query \"select * from "
+                      f"strategies where verdict = 'suspect'\" --run {run.root}")
 
     step = console.step(6, n, "evaluate", "grading and localisation on the test split, the three observations")
     metrics = evaluate_run(run.root)
