@@ -274,7 +274,7 @@ METRICS_SCHEMA = pa.schema(
         pa.field("split", pa.string()),
         pa.field("model_id", pa.string()),
         pa.field("cam_method", pa.string()),  # null for grading figures: they do not depend on the map
-        pa.field("family", pa.string(), nullable=False),  # grading, localisation, lesion_type, error_bucket, concentration, randomisation, observation
+        pa.field("family", pa.string(), nullable=False),  # grading, localisation, lesion_type, error_bucket, concentration, randomisation, observation, review
         pa.field("metric", pa.string(), nullable=False),  # qwk, pointing_hit_rate, energy_lift, cam_entropy, ...
         pa.field("grade", pa.int8()),  # true grade the figure is restricted to (confusion: the row); null: all
         pa.field("pred_grade", pa.int8()),  # confusion cells only: the predicted grade

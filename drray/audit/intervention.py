@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from drray import storage
-from drray.audit.run import STRATEGY_COLUMNS
+from drray.audit.strategies import STRATEGY_COLUMNS
 from drray.config.audit import AuditConfig
 from drray.rundir import RunDir
 from drray.schema import REFERABLE_THRESHOLD

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from drray import storage
+from drray.audit.strategies import GROUPINGS, STRATEGY_COLUMNS
 from drray.config.audit import AuditConfig
 from drray.rundir import RunDir
 from drray.schema import REFERABLE_THRESHOLD, STRATEGIES_SCHEMA, STRATEGY_OF_SCHEMA
@@ -38,11 +39,6 @@ KEYS = ("image_id", "dataset", "split", "model_id", "cam_method")
 NEEDED = ("map_grid", "pred", "referable_prob", "eye")
 ROW_COLUMNS = (*KEYS, "label", "pred", "referable_prob", "map_grid", "od_energy", "rim_energy", "outside_energy",
                "mass_y", "mass_x", "mass_spread", "pointing_hit", "energy_in_lesions", "lesion_area", "eye")
-GROUPINGS = ("grade", "referable")
-"""Strategies are found per predicted grade and, separately, for referable vs not referable predictions."""
-STRATEGY_COLUMNS = {("fundus", "grade"): "strategy", ("fundus", "referable"): "referable_strategy",
-                    ("camera", "grade"): "camera_strategy", ("camera", "referable"): "camera_referable_strategy"}
-"""The strategy_of column of each (frame, grouping)."""
 
 
 def group_values(grouping: str, pred: np.ndarray, referable_prob: np.ndarray) -> np.ndarray:

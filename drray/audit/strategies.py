@@ -43,6 +43,11 @@ from drray.scores.descriptors import GRID
 
 
 FRAMES = ("fundus", "camera")
+GROUPINGS = ("grade", "referable")
+"""Strategies are found per predicted grade and, separately, for referable vs not referable predictions."""
+STRATEGY_COLUMNS = {("fundus", "grade"): "strategy", ("fundus", "referable"): "referable_strategy",
+                    ("camera", "grade"): "camera_strategy", ("camera", "referable"): "camera_referable_strategy"}
+"""The strategy_of column of each (frame, grouping)."""
 
 
 def to_frame(grids: np.ndarray, left: np.ndarray, frame: str) -> np.ndarray:

@@ -6,7 +6,9 @@
     observations         the three observations drray began from, as verdicts
     metrics_table        metrics.json -> metrics.parquet rows (schema.METRICS_SCHEMA)
     evaluate             evaluate_run / evaluate (tables -> metrics.json, metrics.parquet)
+    reviews              graders' verdicts on maps (the Explore tab): one file per verdict, and their figures
     gallery, photos      which images the report shows, and the photographs beside their maps
+    strategy_section     the report's "What the model looks at" (strategies.parquet of drray audit)
     plots, report        the report's figures and the self-contained report.html (templates/)
     query                DuckDB views over a run directory's tables
 

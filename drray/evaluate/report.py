@@ -217,6 +217,11 @@ def build_context(run_dir: str | os.PathLike, metrics: dict[str, Any], rows: pd.
     from drray.evaluate.strategy_section import strategies_context
 
     strategies = strategies_context(run.root, manifest, cfg)
+    for sec in strategies["sections"] if strategies else []:
+        for row in sec["rows"]:
+            row["centroid_uri"] = _png(row.pop("centroid_png"))
+            for m in row["members"]:
+                m["overlay"] = _png(m.pop("overlay_png"))
     hm = metrics["groups"][groups.index(head)]
     loc = hm["methods"][method]["localisation"]["all"] if method else None
     return {

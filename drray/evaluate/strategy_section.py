@@ -55,10 +55,9 @@ def mean_fundus(run: RunDir, manifest: pd.DataFrame | None, image_ids: list[str]
 
 
 def strategies_context(run_dir: str, manifest: pd.DataFrame | None, cfg) -> dict[str, Any] | None:
-    """The section's content, or None when the run has not been audited."""
+    """The section's content (PNGs as bytes: the report inlines them), or None when the run has not been audited."""
     from drray.cam.overlay import blend
     from drray.evaluate.query import open_table
-    from drray.evaluate.report import data_uri
     from drray.evaluate.tables import read_overlays
     from drray.scores.descriptors import GRID
 
@@ -91,8 +90,8 @@ def strategies_context(run_dir: str, manifest: pd.DataFrame | None, cfg) -> dict
             overlays = read_overlays(run.explanations, s["cam_method"], m["image_id"].tolist())
             rows.append({**{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in s.items()
                             if k not in ("centroid", "centroid_png", "place_cells")},
-                         "centroid_uri": data_uri(picture, "image/png"),
-                         "members": [{"image_id": i, "overlay": data_uri(overlays.get(i), "image/png")}
+                         "centroid_png": picture,
+                         "members": [{"image_id": i, "overlay_png": overlays.get(i)}
                                      for i in m["image_id"]]})
         if rows:
             sections.append({"title": title, "rows": rows})

@@ -56,7 +56,7 @@ def is_left(eye: Any) -> bool:
 
 def map_grid(cam: np.ndarray, left: bool, grid: int = GRID) -> np.ndarray:
     """(grid, grid) float32 summing to 1 (all zeros for an empty map): the map's mass per cell, left eyes mirrored."""
-    from drray.scores.map_scores import shrink_map
+    from drray.scores.localisation import shrink_map
 
     small = np.clip(shrink_map(cam, grid), 0.0, None)
     if left:

@@ -220,3 +220,14 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
     rb -= rb.mean()
     den = np.sqrt((ra * ra).sum() * (rb * rb).sum())
     return float((ra * rb).sum() / den) if den > 0 else float("nan")
+
+
+def shrink_map(cam: np.ndarray, size: int) -> np.ndarray:
+    """(H, W) map -> (size, size) float32 by area averaging (bilinear when enlarging)."""
+    import cv2
+
+    cam = np.asarray(cam, dtype=np.float32)
+    if cam.shape == (size, size):
+        return cam
+    interp = cv2.INTER_AREA if cam.shape[0] >= size else cv2.INTER_LINEAR
+    return cv2.resize(cam, (size, size), interpolation=interp)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from drray.schema import LESION_TYPES, OPTIC_DISC
-from drray.scores.localisation import energy_share, entropy, peak, pointing_hit
+from drray.scores.localisation import energy_share, entropy, peak, pointing_hit, shrink_map
 from drray.storage import finite_or_none
 
 if TYPE_CHECKING:
@@ -42,17 +42,6 @@ class ScoredMap:
     """The row's map-dependent columns (and `overlay_png` where an overlay was drawn)."""
     overlay: np.ndarray | None = field(default=None, repr=False)
     """(s, s, 3) uint8: the map blended on the photograph, where one was given."""
-
-
-def shrink_map(cam: np.ndarray, size: int) -> np.ndarray:
-    """(H, W) map -> (size, size) float32 by area averaging (bilinear when enlarging)."""
-    import cv2
-
-    cam = np.asarray(cam, dtype=np.float32)
-    if cam.shape == (size, size):
-        return cam
-    interp = cv2.INTER_AREA if cam.shape[0] >= size else cv2.INTER_LINEAR
-    return cv2.resize(cam, (size, size), interpolation=interp)
 
 
 def within_field(cam: np.ndarray, field_of_view: np.ndarray | None) -> np.ndarray:
