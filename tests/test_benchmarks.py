@@ -12,7 +12,8 @@ BENCH = Path(__file__).parents[1] / "benchmarks"
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("script", ["synth_throughput.py", "preprocess_throughput.py", "cam_throughput.py",
                                     "train_overhead.py", "cam_validity.py", "explain_pipeline.py",
-                                    "explain_scale.py", "serve_latency.py", "audit_shortcuts.py"])
+                                    "explain_scale.py", "serve_latency.py", "audit_shortcuts.py",
+                                    "checkpoint_load.py"])
 def test_benchmark_smoke(script):
     r = subprocess.run([sys.executable, str(BENCH / script), "--smoke-test"], capture_output=True, text=True,
                        timeout=230)

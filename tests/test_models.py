@@ -195,9 +195,16 @@ def test_pretrained_path_loads_backbone_and_skips_the_classifier(tmp_path, caplo
     torch.manual_seed(0)
     fresh = create_model("test_resnet", image_size=SIZE).eval()
     torch.manual_seed(0)
-    with caplog.at_level(logging.INFO, logger="drray.models.weights"):
+    with caplog.at_level(logging.INFO, logger="drray.models.checkpoints"):
         loaded = create_model("test_resnet", image_size=SIZE, pretrained_path=path).eval()
-    assert "fc.weight (1000, " in caplog.text
+    assert "loaded" in caplog.text
+    import hashlib
+
+    prov = loaded.card.pretrained
+    assert prov["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert prov["layout"] == {"safetensors": "safetensors", "pth": "state_dict", "pth_nested": "state_dict"}[fmt]
+    assert sorted(prov["dropped"]["classifier of another shape"]) == ["fc.bias", "fc.weight"]
+    assert prov["fresh"] == ["fc.weight", "fc.bias"] and prov["loaded"] == len(state) - 2
     got = loaded.backbone.state_dict()
     torch.testing.assert_close(got["conv1.0.weight"], state["module.conv1.0.weight"], rtol=0, atol=0)
     torch.testing.assert_close(got["fc.weight"], fresh.backbone.state_dict()["fc.weight"], rtol=0, atol=0)

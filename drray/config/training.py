@@ -20,7 +20,10 @@ class ModelConfig:
     pretrained: bool = False
     """Use timm's hub weights (needs internet; off so nothing reaches a network)."""
     pretrained_path: str | None = None
-    """Local .safetensors or .pth weights for the backbone."""
+    """A local checkpoint for the backbone: .safetensors, or a .pth in RETFound's, DINOv2's, timm's or a trainer's
+    layout (drray.models.checkpoints)."""
+    allow_missing: bool = False
+    """Let backbone tensors the checkpoint does not give keep their fresh initialisation (else an error)."""
     drop_rate: float = 0.0
     cam_target_layer: str | None = None
     """Module name of the CAM target layer; None resolves it per family."""

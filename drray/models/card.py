@@ -76,6 +76,9 @@ class ModelCard:
     """ISO 8601 UTC time the model dir was written."""
     timm_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments of timm.create_model (img_size, drop_rate) to rebuild the same network."""
+    pretrained: dict[str, Any] | None = None
+    """Where the backbone's starting weights came from (`model.pretrained_path`): the file, its sha256, the
+    layout recognised, tensors loaded (count), resampled and dropped (names, by reason) and left fresh."""
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:

@@ -46,7 +46,7 @@ from drray.models.ordinal import (
     ordinal_predict,
     ordinal_probs,
 )
-from drray.models.weights import detached_state, match_state_dict, read_state_dict, weights_digest
+from drray.models.weights import detached_state, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -203,10 +203,11 @@ def _check_one_target_layer(backbone: nn.Module, name: str) -> None:
             + ". Leave it None to resolve the layer per family") from None
 
 
-def load_pretrained(backbone: nn.Module, path: str | Path) -> None:
-    """Load local weights into `backbone`, skipping what does not fit (see drray.models.weights)."""
-    fit = match_state_dict(read_state_dict(path), backbone.state_dict(), _classifier_names(backbone), str(path))
-    backbone.load_state_dict(fit, strict=False)
+def load_pretrained(backbone: nn.Module, path: str | Path, allow_missing: bool = False) -> dict[str, Any]:
+    """Load a local checkpoint into `backbone` (drray.models.checkpoints); returns the card's `pretrained` entry."""
+    from drray.models.checkpoints import load_checkpoint
+
+    return load_checkpoint(backbone, path, classifier=_classifier_names(backbone), allow_missing=allow_missing).card()
 
 
 def compute_model_id(model: DRModel) -> str:
@@ -225,11 +226,14 @@ def create_model(
     preprocess: PreprocessConfig | None = None,
     drop_rate: float = 0.0,
     cam_target_layer: str | None = None,
+    allow_missing: bool = False,
 ) -> DRModel:
     """A timm model `name` with a 5-grade `head`, randomly initialised unless weights are asked for.
 
-    pretrained: timm's hub weights (needs internet). pretrained_path: local .safetensors/.pth
-    weights; classifier tensors of another shape are skipped.
+    pretrained: timm's hub weights (needs internet). pretrained_path: a local checkpoint in any layout
+    drray.models.checkpoints reads (RETFound, DINOv2, timm, DDP ...); the classifier is skipped, and
+    any other backbone tensor it leaves fresh is an error unless `allow_missing`. The model card's
+    `pretrained` records the file's sha256, its layout and what was loaded, resampled and dropped.
     image_size: network input side; default `preprocess.image_size` when preprocess is given,
     else the model's native size. Fixed-size models (ViT, Swin, MaxViT ...) are built for it.
     preprocess: crop/normalise options stored with the model; its image_size is replaced by the
@@ -258,8 +262,7 @@ def create_model(
         size = max(h, w)
         if h != w:
             log.info("%s: native input %dx%d is not square; using %d", name, h, w, size)
-    if pretrained_path:
-        load_pretrained(backbone, pretrained_path)
+    provenance = load_pretrained(backbone, pretrained_path, allow_missing) if pretrained_path else None
     _check_target_layer(backbone, cam_target_layer)
     prep = dataclasses.replace(preprocess or PreprocessConfig(), image_size=int(size))
     card = ModelCard(
@@ -273,6 +276,7 @@ def create_model(
         cam_target_layer=cam_target_layer,
         drray_version=drray_version(),
         timm_kwargs=kwargs,
+        pretrained=provenance,
     )
     model = DRModel(backbone, card)
     model.card.model_id = compute_model_id(model)

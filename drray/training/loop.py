@@ -322,7 +322,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
         model = create_model(
             m.backbone, head=m.head, pretrained=m.pretrained, pretrained_path=m.pretrained_path,
             image_size=cfg.data.preprocess.image_size, preprocess=cfg.data.preprocess,
-            drop_rate=m.drop_rate, cam_target_layer=m.cam_target_layer,
+            drop_rate=m.drop_rate, cam_target_layer=m.cam_target_layer, allow_missing=m.allow_missing,
         ).to(device)
         # The model dir records the CAM layer it is explained at, so explain and serve use that one
         # even if drray's default stride changes later.
