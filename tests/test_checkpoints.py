@@ -137,3 +137,89 @@ def test_a_hostile_pickle_is_refused_and_its_code_never_runs(tmp_path):
     with pytest.raises(ValueError, match=r"never pickled code"):
         create_model("test_vit", image_size=SIZE, pretrained_path=path)
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------ recipes and how they train
+RECIPES = ["retfound_aptos2019", "retfound_dinov2_aptos2019", "retfound_green_aptos2019", "visionfm_aptos2019",
+           "flair_aptos2019", "dinov2_vitb14_aptos2019"]
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_each_foundation_recipe_is_a_valid_config_of_a_real_backbone(recipe):
+    from pathlib import Path
+
+    import timm
+
+    from drray.config import Config
+
+    cfg = Config.from_yaml(Path(__file__).parents[1] / "configs" / f"{recipe}.yaml")
+    assert cfg.model.backbone in timm.list_models() and cfg.model.pretrained_path and not cfg.model.pretrained
+    assert len(cfg.model.mean) == 3 and len(cfg.model.std) == 3
+    assert cfg.data.preprocess.image_size in (224, 392, 512)
+
+
+def test_layer_decay_scales_each_block_and_the_linear_probe_trains_the_head_alone():
+    from types import SimpleNamespace
+
+    from drray.training.optim import make_optimizer
+
+    model = create_model("test_vit", image_size=SIZE)
+    t = SimpleNamespace(lr=1e-3, weight_decay=0.05, layer_decay=0.5, linear_probe=False)
+    opt = make_optimizer(model, t)
+    scales = sorted({g["lr_scale"] for g in opt.param_groups})
+    assert scales[-1] == 1.0 and scales[0] == pytest.approx(0.5 ** (len(model.backbone.blocks) + 1))
+    probe = make_optimizer(model, SimpleNamespace(lr=1e-3, weight_decay=0.0, layer_decay=None, linear_probe=True))
+    trainable = [n for n, p in model.backbone.named_parameters() if p.requires_grad]
+    assert trainable == ["head.weight", "head.bias"] and sum(len(g["params"]) for g in probe.param_groups) == 2
+    with pytest.raises(ValueError, match="no group_matcher"):
+        make_optimizer(_no_matcher(), t)
+
+
+def _no_matcher():
+    from types import SimpleNamespace
+
+    return SimpleNamespace(backbone=torch.nn.Linear(2, 2), card=SimpleNamespace(timm_name="plain"))
+
+
+def test_recipe_options_are_checked():
+    from drray.config import Config
+
+    with pytest.raises(ValueError, match=r"train.layer_decay must be in \(0, 1\]"):
+        Config.from_dict({"train": {"layer_decay": 1.5}})
+    with pytest.raises(ValueError, match="linear_probe trains the classifier alone"):
+        Config.from_dict({"train": {"layer_decay": 0.65, "linear_probe": True}})
+    with pytest.raises(ValueError, match="model.mean must be three numbers"):
+        Config.from_dict({"model": {"mean": [0.5]}})
+    m = create_model("test_vit2", image_size=SIZE, global_pool="avg", mean=[0.5] * 3, std=[0.5] * 3)
+    assert m.card.mean == [0.5] * 3 and m.card.timm_kwargs["global_pool"] == "avg"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_foundation_recipe_trains_from_a_stand_in_checkpoint_and_is_explained(
+        ray_session, tmp_path):
+    """RETFound's recipe with a tiny stand-in (test_vit2: registers, average pooling) in the MAE layout: one tiny
+    epoch with layer-wise decay; the exported model explains a photograph and its card names the checkpoint."""
+    from pathlib import Path
+
+    import skimage.data
+
+    from drray.config import Config
+    from drray.inference import explain_image
+    from drray.models.model import load_model
+    from drray.training.train import train
+    from test_train import make_tiny_set
+
+    ckpt = tmp_path / "stand_in.pth"
+    torch.save(_mae_checkpoint(_source("test_vit2")), ckpt)
+    manifest = make_tiny_set(tmp_path / "data")
+    cfg = Config.from_yaml(Path(__file__).parents[1] / "configs" / "retfound_aptos2019.yaml", [
+        "model.backbone=test_vit2", f"model.pretrained_path={ckpt}", f"data.manifest={manifest}",
+        f"data.preprocess.image_size={SIZE}", "train.epochs=1", "train.batch_size=8", "train.use_gpu=false",
+        "train.cpus_per_worker=1", "train.warmup_epochs=0", "train.early_stopping_patience=0", "data.decode_cpus=0.5"])
+    result = train(cfg, tmp_path / "run", manifest)
+    model = load_model(result.model_dir)
+    assert model.card.pretrained["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert model.card.pretrained["layout"].startswith("mae") and model.card.mean == [0.485, 0.456, 0.406]
+    out = explain_image(skimage.data.retina(), result.model_dir, method="gradcam")
+    assert out["cam"].shape == (SIZE, SIZE) and out["target_layer"].startswith("backbone.blocks.")

@@ -24,6 +24,12 @@ class ModelConfig:
     layout (drray.models.checkpoints)."""
     allow_missing: bool = False
     """Let backbone tensors the checkpoint does not give keep their fresh initialisation (else an error)."""
+    global_pool: str | None = None
+    """timm's pooling for the backbone: `avg` (with fc_norm: RETFound's fine-tuning), `token`; None: timm's default."""
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    """The normalisation the backbone was pretrained with, where it is not timm's for the name (RETFound-Green:
+    0.5; FLAIR: 0 and 1, i.e. /255); None: timm's."""
     drop_rate: float = 0.0
     cam_target_layer: str | None = None
     """Module name of the CAM target layer; None resolves it per family."""
@@ -33,6 +39,11 @@ class ModelConfig:
         check(0 <= self.drop_rate < 1, f"model.drop_rate must be in [0, 1), got {self.drop_rate}")
         check(not (self.pretrained and self.pretrained_path),
                "model.pretrained (timm hub weights) and model.pretrained_path (a local file) are both set; pick one")
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            check(v is None or (isinstance(v, (list, tuple)) and len(v) == 3),
+                  f"model.{name} must be three numbers (R, G, B) or null, got {v!r}")
+        check(self.std is None or all(float(x) > 0 for x in self.std), f"model.std must be > 0, got {self.std}")
 
 
 @dataclass
@@ -67,6 +78,11 @@ class TrainConfig:
     false streams and decodes every epoch (sets larger than the object store)."""
     max_failures: int = 1
     """Ray Train FailureConfig: restarts of a run from its latest checkpoint after a worker failure."""
+    layer_decay: float | None = None
+    """Layer-wise learning-rate decay (0.65 as RETFound fine-tunes): each block learns at the rate of the one
+    above times this (drray.training.optim); None: one rate for the whole model."""
+    linear_probe: bool = False
+    """Freeze the backbone and train only its classifier (how foundation models are compared)."""
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
@@ -84,6 +100,10 @@ class TrainConfig:
                f"train.limit_train_batches must be >= 1 or null, got {self.limit_train_batches}")
         check(self.warmup_epochs >= 0, f"train.warmup_epochs must be >= 0, got {self.warmup_epochs}")
         check(0 <= self.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        check(self.layer_decay is None or 0 < self.layer_decay <= 1,
+              f"train.layer_decay must be in (0, 1] or null, got {self.layer_decay}")
+        check(not (self.linear_probe and self.layer_decay is not None),
+              "train.linear_probe trains the classifier alone; train.layer_decay has nothing to decay: set one")
         check(self.early_stopping_patience >= 0,
                f"train.early_stopping_patience must be >= 0 (0: off), got {self.early_stopping_patience}")
 

@@ -179,7 +179,8 @@ def _build_backbone(name: str, num_outputs: int, pretrained: bool, kwargs: dict[
         raise ValueError(f"timm model {name!r} does not accept {', '.join(bad)}{hint}: {e}") from e
 
 
-def _classifier_names(backbone: nn.Module) -> tuple[str, ...]:
+def classifier_names(backbone: nn.Module) -> tuple[str, ...]:
+    """Module names of a timm backbone's classifier (its pretrained_cfg["classifier"])."""
     names = getattr(backbone, "pretrained_cfg", {}).get("classifier") or ()
     return (names,) if isinstance(names, str) else tuple(names)
 
@@ -207,7 +208,7 @@ def load_pretrained(backbone: nn.Module, path: str | Path, allow_missing: bool =
     """Load a local checkpoint into `backbone` (drray.models.checkpoints); returns the card's `pretrained` entry."""
     from drray.models.checkpoints import load_checkpoint
 
-    return load_checkpoint(backbone, path, classifier=_classifier_names(backbone), allow_missing=allow_missing).card()
+    return load_checkpoint(backbone, path, classifier=classifier_names(backbone), allow_missing=allow_missing).card()
 
 
 def compute_model_id(model: DRModel) -> str:
@@ -227,6 +228,9 @@ def create_model(
     drop_rate: float = 0.0,
     cam_target_layer: str | None = None,
     allow_missing: bool = False,
+    global_pool: str | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
 ) -> DRModel:
     """A timm model `name` with a 5-grade `head`, randomly initialised unless weights are asked for.
 
@@ -234,6 +238,8 @@ def create_model(
     drray.models.checkpoints reads (RETFound, DINOv2, timm, DDP ...); the classifier is skipped, and
     any other backbone tensor it leaves fresh is an error unless `allow_missing`. The model card's
     `pretrained` records the file's sha256, its layout and what was loaded, resampled and dropped.
+    global_pool: timm's pooling (`avg` with fc_norm for RETFound-style ViTs, `token`); None: the model's own.
+    mean / std: the normalisation a foundation model was pretrained with, where it is not timm's for the name.
     image_size: network input side; default `preprocess.image_size` when preprocess is given,
     else the model's native size. Fixed-size models (ViT, Swin, MaxViT ...) are built for it.
     preprocess: crop/normalise options stored with the model; its image_size is replaced by the
@@ -251,6 +257,8 @@ def create_model(
     kwargs: dict[str, Any] = {}
     if drop_rate:
         kwargs["drop_rate"] = float(drop_rate)
+    if global_pool is not None:
+        kwargs["global_pool"] = global_pool
     native = get_pretrained_cfg(name)
     # Position embeddings and attention windows are sized at construction; convnets take any size.
     if size is not None and native is not None and native.fixed_input_size:
@@ -270,8 +278,8 @@ def create_model(
         head=head,
         num_outputs=HEAD_OUTPUTS[head],
         input_size=int(size),
-        mean=list(data_cfg["mean"]),
-        std=list(data_cfg["std"]),
+        mean=[float(x) for x in (mean if mean is not None else data_cfg["mean"])],
+        std=[float(x) for x in (std if std is not None else data_cfg["std"])],
         preprocess=dataclasses.asdict(prep),
         cam_target_layer=cam_target_layer,
         drray_version=drray_version(),

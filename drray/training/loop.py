@@ -239,8 +239,8 @@ def train_step(model, optimizer, images, labels, *, lr: float, class_weights=Non
     if augment:
         x = augment_batch(x, generator=generator)
     x = core.standardize(x)
-    for g in optimizer.param_groups:
-        g["lr"] = lr
+    for g in optimizer.param_groups:  # layer-wise decay scales each group (drray.training.optim)
+        g["lr"] = lr * g.get("lr_scale", 1.0)
     with _autocast(x.device):
         outputs = model(x)
     loss = _loss(outputs, labels, core.card.head, class_weights, label_smoothing)
@@ -312,7 +312,9 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     generator = torch.Generator(device=device)  # augmentation; seeded each epoch (epoch_seed)
 
     def make_optimizer(model):
-        return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        from drray.training.optim import make_optimizer as optimizer_for
+
+        return optimizer_for(_unwrap(model), t)
 
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
@@ -323,6 +325,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
             m.backbone, head=m.head, pretrained=m.pretrained, pretrained_path=m.pretrained_path,
             image_size=cfg.data.preprocess.image_size, preprocess=cfg.data.preprocess,
             drop_rate=m.drop_rate, cam_target_layer=m.cam_target_layer, allow_missing=m.allow_missing,
+            global_pool=m.global_pool, mean=m.mean, std=m.std,
         ).to(device)
         # The model dir records the CAM layer it is explained at, so explain and serve use that one
         # even if drray's default stride changes later.
